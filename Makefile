@@ -1,0 +1,31 @@
+# The project's verbs. Every target bootstraps .venv itself, so a fresh clone needs only python3 (>= 3.11).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lifelong demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lifelong tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/ingest.py --json
+
+clean:
+	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""Settings: a TOML file plus ``LIFELONG_<SECTION>__<KEY>`` environment overrides, validated at start.
+
+>>> settings = load_settings(None, environ={"LIFELONG_DATA__FEATURES": "784"})
+>>> settings.data.features, settings.kafka.samples_topic
+(784, 'lifelong.samples')
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from lifelong.errors import ConfigError
+
+ENV_PREFIX = "LIFELONG_"
+ENV_DELIMITER = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class KafkaSettings(_Section):
+    """Where the events come from and where rejected ones go."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    samples_topic: str = Field("lifelong.samples", min_length=1)
+    feedback_topic: str = Field("lifelong.feedback", min_length=1)
+    dead_letter_topic: str = Field("lifelong.dead-letters", min_length=1)
+    group_id: str = Field("lifelong", min_length=1)
+    client_id: str = "lifelong"
+    # Partitions the state holds no offset for start here.
+    start_from: Literal["earliest", "latest"] = "earliest"
+    create_topics: bool = True
+    topic_partitions: int = Field(1, ge=1)
+    max_poll_records: int = Field(5000, ge=1)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    # Passed through to kafka-python for production clusters.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
+    ) = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+
+
+class DataSettings(_Section):
+    """The shape of the inputs."""
+
+    features: int = Field(64, ge=1)
+    max_classes: int = Field(10, ge=2)
+    max_message_bytes: int = Field(1_048_576, ge=64)
+
+
+class StateSettings(_Section):
+    """The durable state directory and how long half-events wait for their other half."""
+
+    dir: Path = Path("./state")
+    waiting_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
+    max_waiting: int = Field(1_000_000, ge=1)
+
+
+class Settings(_Section):
+    """Everything the daemon reads from its configuration."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    data: DataSettings = DataSettings()
+    state: StateSettings = StateSettings()
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] = os.environ
+) -> Settings:
+    """Read ``path`` (TOML, optional), apply environment overrides and validate.
+
+    Raises :class:`ConfigError` naming every offending key.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as file:
+                raw = tomllib.load(file)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source!r} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {source!r} is not valid TOML: {error}") from None
+    _apply_environment(raw, environ)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            + (
+                f" (got {item['input']!r:.60})"
+                if "input" in item and item["type"] != "missing"
+                else ""
+            )
+            for item in error.errors()
+        )
+        raise ConfigError(f"invalid configuration ({source}): {problems}") from None
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or ENV_DELIMITER not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition(ENV_DELIMITER)
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name}: [{section}] is not a table in the config file")
+        table[key] = value

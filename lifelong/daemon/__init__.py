@@ -1,0 +1,1 @@
+"""The daemon: wiring, lifecycle and the command line."""

@@ -1,0 +1,128 @@
+"""The daemon's lifecycle: starting, running, stopping, stopped; burst mode; the shutdown summary."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from lifelong.daemon.ingest import Ingestor
+from lifelong.errors import StateError
+
+log = logging.getLogger(__name__)
+
+
+class RunState(StrEnum):
+    """Where the daemon is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class StateLock:
+    """An exclusive lock on a state directory, so two daemons never write one state."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / "LOCK"
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> StateLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            raise StateError(
+                f"{self.path.parent} is in use by another lifelong daemon; give each daemon "
+                "its own [state] dir"
+            ) from None
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self._file = file
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Daemon:
+    """Runs ingestion until stopped, or in burst mode until the topics are drained.
+
+    Example::
+
+        daemon = Daemon(ingestor=ingestor)
+        daemon.run(burst=True)   # returns when drained
+        print(daemon.summary())
+    """
+
+    def __init__(
+        self,
+        *,
+        ingestor: Ingestor,
+        poll_timeout_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ingestor = ingestor
+        self.poll_timeout_s = poll_timeout_s
+        self.clock = clock
+        self._state = RunState.STARTING
+        self._stop = threading.Event()
+        self._started_at = clock()
+
+    @property
+    def state(self) -> RunState:
+        """The current run state."""
+        return self._state
+
+    def stop(self) -> None:
+        """Ask the daemon to stop after the batch in hand; safe from signal handlers, idempotent."""
+        self._stop.set()
+
+    def run(self, *, burst: bool = False) -> None:
+        """Ingest until :meth:`stop` (or, with ``burst``, until every partition is drained)."""
+        self.ingestor.recover()
+        self._state = RunState.RUNNING
+        log.info("running%s", " (burst: until drained)" if burst else "")
+        try:
+            while not self._stop.is_set():
+                handled = self.ingestor.step(self.poll_timeout_s)
+                if burst and not handled and self.ingestor.source.lag().drained:
+                    break
+        finally:
+            self._state = RunState.STOPPING
+            self.ingestor.commit()
+            self._state = RunState.STOPPED
+
+    def summary(self) -> str:
+        """One line of counters for the log at shutdown."""
+        totals = self.ingestor.totals
+        fields = (
+            "samples",
+            "feedback",
+            "stored",
+            "duplicates",
+            "labeled_late",
+            "relabeled",
+            "dead_letters",
+            "expired",
+        )
+        counts = " ".join(f"{name}={totals[name]}" for name in fields)
+        return f"stopped after {self.clock() - self._started_at:.1f}s: {counts}"

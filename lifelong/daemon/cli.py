@@ -1,0 +1,165 @@
+"""The ``lifelong`` command line: run, status, broker. Logging and signal handlers live here only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from importlib.metadata import version
+from types import FrameType
+
+from lifelong.config import Settings, load_settings
+from lifelong.errors import LifelongError
+
+log = logging.getLogger("lifelong")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lifelong.daemon.wiring import build_daemon
+
+    settings = _settings(args)
+    with ExitStack() as stack:
+        daemon = build_daemon(settings, stack)
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            daemon.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            daemon.run(burst=args.burst)
+        finally:
+            log.info(daemon.summary())
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from lifelong.daemon.wiring import open_store
+
+    settings = _settings(args)
+    with open_store(settings, readonly=True) as store:
+        status = store.status().as_dict()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        for key, value in status.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from lifelong.connectors.broker import broker_command, free_port
+
+    port = args.port if args.port is not None else free_port(args.host)
+    command = broker_command(host=args.host, port=port)
+    print(f"embedded broker (memory only) on {args.host}:{port}", flush=True)
+    os.execv(command[0], command)
+    return 0  # pragma: no cover - execv does not return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lifelong``."""
+    parser = argparse.ArgumentParser(
+        prog="lifelong",
+        description="A continual-learning daemon: consumes samples and feedback from Kafka "
+        "and keeps a model learning without forgetting.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('lifelong')}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LIFELONG_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("LIFELONG_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="log lines as text or JSON objects",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="consume the topics into the state directory",
+        description="Consume samples and feedback into the durable state.",
+    )
+    run.add_argument("--config", "-c", help="TOML settings file (LIFELONG_* env overrides it)")
+    run.add_argument(
+        "--burst",
+        action="store_true",
+        help="exit once every partition is drained (tests, backfills)",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    status = commands.add_parser(
+        "status",
+        help="print what the state directory holds",
+        description="Counts of stored samples, labels, waiting halves, "
+        "dead letters, and the offsets held.",
+    )
+    status.add_argument("--config", "-c", help="TOML settings file")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_cmd_status)
+
+    broker = commands.add_parser(
+        "broker",
+        help="run the embedded Kafka-compatible broker",
+        description="Run Tansu (memory only: topics vanish on exit) "
+        "in the foreground, for development and demos.",
+    )
+    broker.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
+    broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    broker.set_defaults(handler=_cmd_broker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lifelong`` command."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level, args.log_format)
+    try:
+        return int(args.handler(args))
+    except LifelongError as error:
+        log.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Builds the daemon's parts from settings: the one place that knows every concrete class."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+from lifelong.config import KafkaSettings, Settings
+from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaSource, ensure_topics
+from lifelong.daemon.app import Daemon, StateLock
+from lifelong.daemon.ingest import Ingestor
+from lifelong.events import Decoder
+from lifelong.memory.samples import SampleStore
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """kafka-python keyword arguments shared by consumers, producers and the admin client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers.split(","),
+        "client_id": kafka.client_id,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "security_protocol": kafka.security_protocol,
+    }
+    optional = {
+        "sasl_mechanism": kafka.sasl_mechanism,
+        "sasl_plain_username": kafka.sasl_plain_username,
+        "sasl_plain_password": (
+            kafka.sasl_plain_password.get_secret_value() if kafka.sasl_plain_password else None
+        ),
+        "ssl_cafile": str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+        "ssl_certfile": str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+        "ssl_keyfile": str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+    }
+    options.update({key: value for key, value in optional.items() if value is not None})
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_check_hostname"] = kafka.ssl_check_hostname
+    return options
+
+
+def open_store(settings: Settings, *, readonly: bool = False) -> SampleStore:
+    """The sample store in the configured state directory."""
+    return SampleStore.open(
+        settings.state.dir,
+        waiting_ttl_s=settings.state.waiting_ttl_s,
+        max_waiting=settings.state.max_waiting,
+        readonly=readonly,
+    )
+
+
+def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
+    """A daemon reading the configured Kafka topics into the configured state directory.
+
+    Everything it opens is closed by ``stack``.
+    """
+    kafka = settings.kafka
+    options = client_options(kafka)
+    stack.enter_context(StateLock(settings.state.dir))
+    store = stack.enter_context(open_store(settings))
+    if kafka.create_topics:
+        ensure_topics(
+            client_options=options,
+            partitions=kafka.topic_partitions,
+            topics=[kafka.samples_topic, kafka.feedback_topic, kafka.dead_letter_topic],
+        )
+    sink = KafkaDeadLetterSink(topic=kafka.dead_letter_topic, client_options=options)
+    stack.callback(sink.close)
+    source = KafkaSource(
+        topics=[kafka.samples_topic, kafka.feedback_topic],
+        group_id=kafka.group_id,
+        client_options=options,
+        positions=store.positions(),
+        start_from=kafka.start_from,
+        max_poll_records=kafka.max_poll_records,
+    )
+    stack.callback(source.close)
+    decoder = Decoder(
+        features=settings.data.features,
+        max_classes=settings.data.max_classes,
+        max_message_bytes=settings.data.max_message_bytes,
+    )
+    ingestor = Ingestor(
+        source=source,
+        sink=sink,
+        store=store,
+        decoder=decoder,
+        samples_topic=kafka.samples_topic,
+        feedback_topic=kafka.feedback_topic,
+    )
+    return Daemon(ingestor=ingestor)

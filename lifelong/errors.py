@@ -1,0 +1,28 @@
+"""The exceptions lifelong raises, all rooted in :class:`LifelongError`.
+
+Each subclass is also the builtin a caller would expect, so ``except ValueError``
+keeps working for code that does not know about lifelong.
+"""
+
+from __future__ import annotations
+
+
+class LifelongError(Exception):
+    """Base class of every error lifelong raises on purpose."""
+
+
+class ConfigError(LifelongError, ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class StateError(LifelongError, RuntimeError):
+    """The durable state directory cannot be used as it is (corrupt, locked, newer format)."""
+
+
+class MissingExtraError(LifelongError, ImportError):
+    """An optional part is not installed; the message says what to install."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(f"{module!r} is not installed: run pip install 'lifelong[{extra}]'")
+        self.extra = extra
+        self.module = module

@@ -1,0 +1,297 @@
+"""The wire contract: decode and validate message bytes into typed events or a Rejection.
+
+Wire format version 1 (see README, "The wire contract"):
+
+samples topic
+    ``{"id": str, "x": [number, ...] | {"dtype": "float32"|"uint8", "b64": str},
+    "y": int | null, "ts": epoch-ms, "meta": object, "v": 1}``; ``y``, ``ts``,
+    ``meta`` and ``v`` are optional. The binary form of ``x`` is the base64 of
+    the little-endian values.
+feedback topic
+    ``{"id": str, "y": int, "ts": epoch-ms, "v": 1}``; ``ts`` and ``v`` optional.
+
+Unknown fields are ignored so that producers can add their own. Decoding never
+raises on bad input: it returns a :class:`Rejection` whose ``reason`` is one of
+the fixed :class:`Reason` codes (safe as a metric label) and whose ``detail``
+says what was wrong in words.
+
+>>> decoder = Decoder(features=2, max_classes=3)
+>>> decoder.decode_sample(b'{"id": "a", "x": [0.5, 1], "y": 2}').y
+2
+>>> decoder.decode_feedback(b'{"id": "a", "y": 7}').reason
+<Reason.BAD_LABEL: 'bad_label'>
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+WIRE_VERSION = 1
+MAX_ID_LENGTH = 512
+
+_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class Reason(StrEnum):
+    """Why a message was rejected; each value is a stable dead-letter header and metric label."""
+
+    OVERSIZED = "oversized"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    MISSING_ID = "missing_id"
+    BAD_ID = "bad_id"
+    BAD_X = "bad_x"
+    WRONG_LENGTH = "wrong_length"
+    NON_FINITE = "non_finite"
+    BAD_LABEL = "bad_label"
+    BAD_TS = "bad_ts"
+    BAD_META = "bad_meta"
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """A message that broke the wire contract, and why."""
+
+    reason: Reason
+    detail: str
+
+
+class Sample(msgspec.Struct, frozen=True):
+    """One input, with its label when the producer already knows it.
+
+    ``x`` keeps its wire dtype: float32, or uint8 for the compact image form.
+    """
+
+    id: str
+    x: np.ndarray[Any, np.dtype[Any]]
+    y: int | None = None
+    ts: int | None = None
+    meta: dict[str, Any] | None = None
+
+
+class Feedback(msgspec.Struct, frozen=True):
+    """A (late) label for the sample with the same id."""
+
+    id: str
+    y: int
+    ts: int | None = None
+
+
+# What the wire carries; msgspec checks the types in C, the Decoder the rest.
+_Timestamp = Annotated[int, msgspec.Meta(ge=0)]
+_Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+
+
+class _BinaryX(msgspec.Struct):
+    dtype: Literal["float32", "uint8"]
+    b64: str
+
+
+class _SampleWire(msgspec.Struct):
+    id: _Id
+    x: list[float] | _BinaryX
+    y: int | None = None
+    ts: _Timestamp | None = None
+    meta: dict[str, Any] | None = None
+    v: int = WIRE_VERSION
+
+
+class _FeedbackWire(msgspec.Struct):
+    id: _Id
+    y: int
+    ts: _Timestamp | None = None
+    v: int = WIRE_VERSION
+
+
+_FIELD_REASONS = {
+    "id": Reason.BAD_ID,
+    "x": Reason.BAD_X,
+    "y": Reason.BAD_LABEL,
+    "ts": Reason.BAD_TS,
+    "meta": Reason.BAD_META,
+    "v": Reason.UNSUPPORTED_VERSION,
+}
+_PATH = re.compile(r"at `\$\.(\w+)")
+_MISSING = re.compile(r"missing required field `(\w+)`")
+
+
+def _reason_for(error: msgspec.ValidationError) -> Reason:
+    message = str(error)
+    path = _PATH.search(message)
+    if path is not None:
+        field = path.group(1)
+        if field == "x" and "out of range" in message:
+            return Reason.NON_FINITE
+        return _FIELD_REASONS.get(field, Reason.NOT_OBJECT)
+    missing = _MISSING.search(message)
+    if missing is not None:
+        field = missing.group(1)
+        return Reason.MISSING_ID if field == "id" else _FIELD_REASONS.get(field, Reason.NOT_OBJECT)
+    return Reason.NOT_OBJECT
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.rejection = Rejection(reason, detail)
+
+
+class Decoder:
+    """Decodes samples and feedback for one configured input shape.
+
+    Example::
+
+        decoder = Decoder(features=64, max_classes=10)
+        event = decoder.decode_sample(record_value)
+        if isinstance(event, Rejection):
+            ...  # dead-letter it with event.reason
+    """
+
+    def __init__(
+        self, *, features: int, max_classes: int, max_message_bytes: int = 1_048_576
+    ) -> None:
+        for name, value, low in (
+            ("features", features, 1),
+            ("max_classes", max_classes, 2),
+            ("max_message_bytes", max_message_bytes, 16),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value!r}")
+        self.features = features
+        self.max_classes = max_classes
+        self.max_message_bytes = max_message_bytes
+        self._samples = msgspec.json.Decoder(_SampleWire)
+        self._feedback = msgspec.json.Decoder(_FeedbackWire)
+
+    def decode_sample(self, value: bytes | None) -> Sample | Rejection:
+        """Decode one samples-topic message."""
+        try:
+            wire = self._wire(self._samples, value)
+            return Sample(
+                id=_nonempty(wire.id),
+                x=self._x(wire.x),
+                y=None if wire.y is None else self._label(wire.y),
+                ts=wire.ts,
+                meta=wire.meta,
+            )
+        except _Invalid as invalid:
+            return invalid.rejection
+
+    def decode_feedback(self, value: bytes | None) -> Feedback | Rejection:
+        """Decode one feedback-topic message."""
+        try:
+            wire = self._wire(self._feedback, value)
+            return Feedback(id=_nonempty(wire.id), y=self._label(wire.y), ts=wire.ts)
+        except _Invalid as invalid:
+            return invalid.rejection
+
+    def _wire(self, decoder: msgspec.json.Decoder[Any], value: bytes | None) -> Any:
+        if value is None:
+            raise _Invalid(Reason.NOT_JSON, "empty message (null value)")
+        if len(value) > self.max_message_bytes:
+            raise _Invalid(
+                Reason.OVERSIZED,
+                f"message of {len(value)} bytes exceeds max_message_bytes={self.max_message_bytes}",
+            )
+        try:
+            wire = decoder.decode(value)
+        except msgspec.ValidationError as error:
+            raise _Invalid(_reason_for(error), str(error)) from None
+        except msgspec.DecodeError as error:
+            raise _Invalid(Reason.NOT_JSON, str(error)) from None
+        if wire.v != WIRE_VERSION:
+            raise _Invalid(
+                Reason.UNSUPPORTED_VERSION,
+                f"wire version {wire.v} is not supported (this daemon reads v={WIRE_VERSION})",
+            )
+        return wire
+
+    def _x(self, raw: list[float] | _BinaryX) -> np.ndarray[Any, np.dtype[Any]]:
+        # float64 first: numpy converts a list to float64 faster than to float32.
+        x = np.array(raw, dtype=np.float64) if isinstance(raw, list) else _binary(raw)
+        if x.shape[0] != self.features:
+            raise _Invalid(Reason.WRONG_LENGTH, f"x has {x.shape[0]} values, expected {self.features}")
+        if x.dtype.kind == "u":
+            return x
+        # False for NaN too; one max over |x| is cheaper than isfinite + a range check.
+        if not np.abs(x).max() <= _FLOAT32_MAX:
+            raise _Invalid(Reason.NON_FINITE, "x holds NaN or infinity, or a value beyond float32")
+        return x.astype(np.float32)
+
+    def _label(self, raw: int) -> int:
+        if not 0 <= raw < self.max_classes:
+            raise _Invalid(Reason.BAD_LABEL, f"label y={raw} is outside [0, {self.max_classes})")
+        return raw
+
+
+def _nonempty(id: str) -> str:
+    if not id:
+        raise _Invalid(Reason.MISSING_ID, "id is empty")
+    return id
+
+
+def _binary(raw: _BinaryX) -> np.ndarray[Any, np.dtype[Any]]:
+    dtype = _DTYPES[raw.dtype]
+    try:
+        buffer = base64.b64decode(raw.b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Invalid(Reason.BAD_X, "binary x 'b64' is not valid base64") from None
+    if len(buffer) % dtype.itemsize:
+        raise _Invalid(
+            Reason.WRONG_LENGTH, f"{len(buffer)} bytes is not a whole number of {dtype.name}"
+        )
+    return np.frombuffer(buffer, dtype=dtype)
+
+
+def encode_sample(
+    id: str,
+    x: Any,
+    y: int | None = None,
+    *,
+    ts: int | None = None,
+    meta: dict[str, Any] | None = None,
+    binary: bool = False,
+) -> bytes:
+    """Encode a sample in the wire format (for producers, tests and the demo)."""
+    array = np.asarray(x)
+    body: dict[str, Any] = {"id": id, "y": y}
+    if binary:
+        dtype = "uint8" if array.dtype == np.uint8 else "float32"
+        raw = array.astype(_DTYPES[dtype], copy=False).tobytes()
+        body["x"] = {"dtype": dtype, "b64": base64.b64encode(raw).decode("ascii")}
+    else:
+        body["x"] = [float(v) for v in array.ravel()]
+    if ts is not None:
+        body["ts"] = ts
+    if meta is not None:
+        body["meta"] = meta
+    return msgspec.json.encode(body)
+
+
+def encode_feedback(id: str, y: int, *, ts: int | None = None) -> bytes:
+    """Encode a feedback event in the wire format."""
+    body: dict[str, Any] = {"id": id, "y": y}
+    if ts is not None:
+        body["ts"] = ts
+    return msgspec.json.encode(body)
+
+
+__all__ = [
+    "WIRE_VERSION",
+    "Decoder",
+    "Feedback",
+    "Reason",
+    "Rejection",
+    "Sample",
+    "encode_feedback",
+    "encode_sample",
+]

@@ -1,0 +1,1 @@
+"""Learners: the model-update contract and its Avalanche implementation (issue 4)."""

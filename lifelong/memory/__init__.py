@@ -1,0 +1,1 @@
+"""Durable state: the sample store (and, to come, the FAISS rehearsal memory)."""

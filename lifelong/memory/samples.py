@@ -1,0 +1,429 @@
+"""The durable sample store: labeled and waiting samples, early feedback, and the offsets they came from.
+
+One SQLite database in the state directory. Each :meth:`SampleStore.apply` is
+one transaction holding a batch's events *and* the next offsets to read, so
+after a crash (even ``kill -9``) the store and the read position agree: the
+daemon resumes at the stored offsets, and no event is lost or stored twice.
+
+Label rule (wire contract v1): a feedback label overrides an inline label, and
+among feedback events for one id the last one read wins. The result does not
+depend on how the samples and feedback topics interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from lifelong.errors import StateError
+from lifelong.events import Feedback, Sample
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+DATABASE = "samples.sqlite"
+
+Position = tuple[str, int]
+"""A (topic, partition) pair."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    x BLOB NOT NULL,
+    dtype TEXT NOT NULL,
+    y INTEGER,
+    labeled_by TEXT,
+    ts INTEGER,
+    meta TEXT,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    stream_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_waiting ON samples (stream_ms) WHERE y IS NULL;
+CREATE TABLE IF NOT EXISTS early_feedback (
+    id TEXT PRIMARY KEY, y INTEGER NOT NULL, stream_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS early_feedback_age ON early_feedback (stream_ms);
+CREATE TABLE IF NOT EXISTS offsets (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS dead_letter_offsets (
+    partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class Origin(NamedTuple):
+    """Where an event was read, and the bus's timestamp for it (the store's clock)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    """What one consumer poll produced, to be stored in one transaction."""
+
+    samples: list[tuple[Sample, Origin]] = field(default_factory=list)
+    feedback: list[tuple[Feedback, Origin]] = field(default_factory=list)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    positions: dict[Position, int] = field(default_factory=dict)
+    dead_letter_positions: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What :meth:`SampleStore.apply` did with a batch."""
+
+    stored: int = 0
+    duplicates: int = 0
+    labeled_late: int = 0
+    relabeled: int = 0
+    early_feedback: int = 0
+    expired_samples: int = 0
+    expired_feedback: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Counts for ``lifelong status``."""
+
+    samples: int
+    labeled: int
+    waiting: int
+    early_feedback: int
+    dead_letters: int
+    dead_letters_by_reason: dict[str, int]
+    counters: dict[str, int]
+    offsets: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``lifelong status --json``."""
+        return {
+            "samples": self.samples,
+            "labeled": self.labeled,
+            "waiting": self.waiting,
+            "early_feedback": self.early_feedback,
+            "dead_letters": self.dead_letters,
+            "dead_letters_by_reason": self.dead_letters_by_reason,
+            "counters": self.counters,
+            "offsets": self.offsets,
+        }
+
+
+class SampleStore:
+    """The SQLite-backed store of samples, labels and offsets.
+
+    Example::
+
+        with SampleStore.open("./state", waiting_ttl_s=86400, max_waiting=100_000) as store:
+            store.apply(batch)
+            store.positions()  # {("lifelong.samples", 0): 1000, ...}
+    """
+
+    def __init__(
+        self, *, connection: sqlite3.Connection, path: Path, waiting_ttl_s: float, max_waiting: int
+    ) -> None:
+        self.path = path
+        self.waiting_ttl_s = waiting_ttl_s
+        self.max_waiting = max_waiting
+        self._db = connection
+        self._early_ids: set[str] = set()
+        self._waiting = 0
+        self._load_caches()
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        *,
+        waiting_ttl_s: float = 7 * 86400,
+        max_waiting: int = 1_000_000,
+        readonly: bool = False,
+    ) -> SampleStore:
+        """Open (or, unless ``readonly``, create) the store in ``directory``."""
+        path = Path(directory) / DATABASE
+        if readonly and not path.exists():
+            raise StateError(f"no state at {path}: has the daemon run with this [state] dir?")
+        if not readonly:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+        try:
+            connection = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+            if not readonly:
+                connection.execute("PRAGMA journal_mode=WAL")
+                # NORMAL is safe against process crashes in WAL mode; after a power loss the
+                # last transactions may be lost together with their offsets and are re-read.
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.executescript(_SCHEMA)
+            _check_format(connection, path, create=not readonly)
+        except sqlite3.DatabaseError as error:
+            raise StateError(
+                f"state database {path} cannot be read ({error}); move it aside to rebuild the "
+                "state from Kafka, or restore a backup"
+            ) from None
+        return cls(
+            connection=connection, path=path, waiting_ttl_s=waiting_ttl_s, max_waiting=max_waiting
+        )
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def __enter__(self) -> SampleStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def positions(self) -> dict[Position, int]:
+        """The next offset to read for every partition the store has seen."""
+        rows = self._db.execute("SELECT topic, partition, next_offset FROM offsets")
+        return {(topic, partition): offset for topic, partition, offset in rows}
+
+    def dead_letter_positions(self) -> dict[int, int]:
+        """The dead-letter topic's end offsets after the last stored batch."""
+        rows = self._db.execute("SELECT partition, next_offset FROM dead_letter_offsets")
+        return dict(rows.fetchall())
+
+    def apply(self, batch: IngestBatch) -> Applied:
+        """Store a batch and its offsets atomically; return what changed."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            stored, duplicates, labeled_late = self._insert_samples(batch.samples)
+            relabeled, late, early = self._apply_feedback(batch.feedback)
+            expired_samples, expired_feedback = self._expire(batch)
+            self._bump(batch.dead_letters)
+            self._bump(
+                {
+                    "duplicates": duplicates,
+                    "relabeled": relabeled,
+                    "expired_samples": expired_samples,
+                    "expired_feedback": expired_feedback,
+                }
+            )
+            db.executemany(
+                "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
+                "DO UPDATE SET next_offset = excluded.next_offset",
+                [
+                    (topic, partition, offset)
+                    for (topic, partition), offset in batch.positions.items()
+                ],
+            )
+            db.executemany(
+                "INSERT INTO dead_letter_offsets VALUES (?, ?) ON CONFLICT (partition) "
+                "DO UPDATE SET next_offset = excluded.next_offset",
+                batch.dead_letter_positions.items(),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._load_caches()
+            raise
+        return Applied(
+            stored,
+            duplicates,
+            labeled_late + late,
+            relabeled,
+            early,
+            expired_samples,
+            expired_feedback,
+        )
+
+    def _insert_samples(self, samples: list[tuple[Sample, Origin]]) -> tuple[int, int, int]:
+        cursor = self._db.cursor()
+        stored = duplicates = labeled_late = 0
+        for sample, origin in samples:
+            y, labeled_by = sample.y, "inline"
+            if sample.id in self._early_ids:
+                row = cursor.execute(
+                    "DELETE FROM early_feedback WHERE id = ? RETURNING y", (sample.id,)
+                ).fetchone()
+                self._early_ids.discard(sample.id)
+                y, labeled_by = row[0], "feedback"
+                labeled_late += 1
+            cursor.execute(
+                "INSERT OR IGNORE INTO samples (id, x, dtype, y, labeled_by, ts, meta, topic, "
+                "partition, offset, stream_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sample.id,
+                    sample.x.tobytes(),
+                    sample.x.dtype.str,
+                    y,
+                    labeled_by if y is not None else None,
+                    sample.ts,
+                    None if sample.meta is None else json.dumps(sample.meta),
+                    origin.topic,
+                    origin.partition,
+                    origin.offset,
+                    origin.timestamp_ms,
+                ),
+            )
+            if cursor.rowcount:
+                stored += 1
+                self._waiting += y is None
+            else:
+                duplicates += 1
+        return stored, duplicates, labeled_late
+
+    def _apply_feedback(self, feedback: list[tuple[Feedback, Origin]]) -> tuple[int, int, int]:
+        cursor = self._db.cursor()
+        relabeled = late = early = 0
+        for event, origin in feedback:
+            cursor.execute(
+                "UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ? AND y IS NULL",
+                (event.y, event.id),
+            )
+            if cursor.rowcount:
+                late += 1
+                continue
+            cursor.execute(
+                "UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ?",
+                (event.y, event.id),
+            )
+            if cursor.rowcount:
+                relabeled += 1
+                continue
+            cursor.execute(
+                "INSERT INTO early_feedback VALUES (?, ?, ?) ON CONFLICT (id) "
+                "DO UPDATE SET y = excluded.y, stream_ms = excluded.stream_ms",
+                (event.id, event.y, origin.timestamp_ms),
+            )
+            self._early_ids.add(event.id)
+            early += 1
+        self._waiting -= late
+        return relabeled, late, early
+
+    def _expire(self, batch: IngestBatch) -> tuple[int, int]:
+        # The store's clock is the bus's record time, so a replay expires the same events.
+        stamps = [o.timestamp_ms for _, o in batch.samples] + [
+            o.timestamp_ms for _, o in batch.feedback
+        ]
+        if not stamps:
+            return 0, 0
+        now_ms = max(max(stamps), self.stream_time_ms())
+        self._db.execute(
+            "INSERT INTO meta VALUES ('stream_time_ms', ?) ON CONFLICT (key) "
+            "DO UPDATE SET value = excluded.value",
+            (str(now_ms),),
+        )
+        cutoff = now_ms - int(self.waiting_ttl_s * 1000)
+        samples = self._db.execute(
+            "DELETE FROM samples WHERE y IS NULL AND stream_ms < ?", (cutoff,)
+        ).rowcount
+        overflow = self._waiting - samples - self.max_waiting
+        if overflow > 0:
+            samples += self._db.execute(
+                "DELETE FROM samples WHERE seq IN (SELECT seq FROM samples WHERE y IS NULL "
+                "ORDER BY stream_ms, seq LIMIT ?)",
+                (overflow,),
+            ).rowcount
+        self._waiting -= samples
+        expired = self._db.execute(
+            "DELETE FROM early_feedback WHERE stream_ms < ? RETURNING id", (cutoff,)
+        ).fetchall()
+        overflow = len(self._early_ids) - len(expired) - self.max_waiting
+        if overflow > 0:
+            expired += self._db.execute(
+                "DELETE FROM early_feedback WHERE id IN (SELECT id FROM early_feedback "
+                "ORDER BY stream_ms, id LIMIT ?) RETURNING id",
+                (overflow,),
+            ).fetchall()
+        self._early_ids.difference_update(row[0] for row in expired)
+        return samples, len(expired)
+
+    def _bump(self, counts: Mapping[str, int]) -> None:
+        self._db.executemany(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) "
+            "DO UPDATE SET value = value + excluded.value",
+            [(name, count) for name, count in counts.items() if count],
+        )
+
+    def stream_time_ms(self) -> int:
+        """The latest record timestamp stored: the clock that waiting halves expire by."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'stream_time_ms'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _count_waiting(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM samples WHERE y IS NULL").fetchone()[0])
+
+    def _load_caches(self) -> None:
+        self._early_ids = {row[0] for row in self._db.execute("SELECT id FROM early_feedback")}
+        self._waiting = self._count_waiting()
+
+    def status(self) -> StoreStatus:
+        """Counts of samples, labels, waiting halves, dead letters, and the offsets held."""
+        db = self._db
+        samples = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        by_reason = {
+            name[len("dead_letters:") :]: value
+            for name, value in counters.items()
+            if name.startswith("dead_letters:")
+        }
+        return StoreStatus(
+            samples=samples,
+            labeled=samples - self._count_waiting(),
+            waiting=self._count_waiting(),
+            early_feedback=int(db.execute("SELECT COUNT(*) FROM early_feedback").fetchone()[0]),
+            dead_letters=sum(by_reason.values()),
+            dead_letters_by_reason=dict(sorted(by_reason.items())),
+            counters={
+                k: v for k, v in sorted(counters.items()) if not k.startswith("dead_letters:")
+            },
+            offsets={
+                f"{topic}:{partition}": offset
+                for (topic, partition), offset in sorted(self.positions().items())
+            },
+        )
+
+    def labeled(
+        self, *, limit: int | None = None
+    ) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:
+        """Labeled samples in arrival order as (id, x, y)."""
+        query = "SELECT id, x, dtype, y FROM samples WHERE y IS NOT NULL ORDER BY seq"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        for id, x, dtype, y in self._db.execute(query):
+            yield id, np.frombuffer(x, dtype=np.dtype(dtype)), int(y)
+
+
+def _check_format(connection: sqlite3.Connection, path: Path, *, create: bool) -> None:
+    row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    if row is None:
+        if not create:
+            raise StateError(f"{path} has no format marker: it is not a lifelong state database")
+        connection.execute("INSERT INTO meta VALUES ('format', ?)", (str(FORMAT),))
+        connection.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+        return
+    found = int(row[0])
+    if found != FORMAT:
+        newer = found > FORMAT
+        raise StateError(
+            f"state database {path} has format {found}, this lifelong reads format {FORMAT}: "
+            + (
+                "upgrade lifelong to read it"
+                if newer
+                else "it was written by an older lifelong; "
+                "move it aside to rebuild the state from Kafka"
+            )
+        )

@@ -1,0 +1,1 @@
+"""Model versions, promotion and rollback (issue 4)."""

@@ -1,0 +1,65 @@
+"""Settings: TOML plus LIFELONG_* overrides; a bad config fails at start naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lifelong.config import load_settings
+from lifelong.errors import ConfigError
+
+
+def test_defaults_match_the_documented_keys() -> None:
+    settings = load_settings(None, environ={})
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.kafka.samples_topic == "lifelong.samples"
+    assert settings.kafka.feedback_topic == "lifelong.feedback"
+    assert settings.kafka.dead_letter_topic == "lifelong.dead-letters"
+    assert settings.kafka.group_id == "lifelong"
+    assert (settings.data.features, settings.data.max_classes) == (64, 10)
+    assert settings.state.dir == Path("state")
+
+
+def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-def]
+    path = make_config(kafka={"samples_topic": "in"}, data={"features": 784, "max_classes": 3})
+    settings = load_settings(path, environ={"LIFELONG_DATA__MAX_CLASSES": "5",
+                                            "LIFELONG_STATE__DIR": "/tmp/x", "OTHER": "1"})
+    assert settings.kafka.samples_topic == "in"
+    assert settings.data.features == 784
+    assert settings.data.max_classes == 5
+    assert settings.state.dir == Path("/tmp/x")
+
+
+@pytest.mark.parametrize(
+    ("sections", "environ", "key"),
+    [
+        ({"data": {"features": 0}}, {}, "data.features"),
+        ({"data": {"max_classes": "many"}}, {}, "data.max_classes"),
+        ({"kafka": {"samples_topic": ""}}, {}, "kafka.samples_topic"),
+        ({"kafka": {"bootstrap_server": "x:1"}}, {}, "kafka.bootstrap_server"),
+        ({"kafka": {"security_protocol": "TLS"}}, {}, "kafka.security_protocol"),
+        ({}, {"LIFELONG_STATE__MAX_WAITING": "-1"}, "state.max_waiting"),
+        ({}, {"LIFELONG_NOPE__KEY": "1"}, "nope"),
+    ],
+    ids=["zero features", "classes not int", "empty topic", "misspelt key", "bad protocol",
+         "env negative", "unknown section"],
+)
+def test_invalid_config_names_the_key(make_config, sections, environ, key) -> None:  # type: ignore[no-untyped-def]
+    path = make_config(**sections)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(path, environ=environ)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[kafka\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad, environ={})
+
+
+def test_config_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        load_settings(None, environ={"LIFELONG_DATA__FEATURES": "x"})

@@ -1,0 +1,172 @@
+"""The sample store: label rule, dedupe, expiry, atomic offsets, format checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lifelong.errors import StateError
+from lifelong.events import Feedback, Sample
+from lifelong.memory.samples import FORMAT, IngestBatch, Origin, SampleStore
+
+X = np.zeros(3, dtype=np.float32)
+
+
+def origin(offset: int = 0, ts: int = 1_000, topic: str = "s") -> Origin:
+    return Origin(topic, 0, offset, ts)
+
+
+def batch(*events: Sample | Feedback, ts: int = 1_000, positions: dict | None = None) -> IngestBatch:  # type: ignore[type-arg]
+    out = IngestBatch(positions=positions or {})
+    for offset, event in enumerate(events):
+        if isinstance(event, Sample):
+            out.samples.append((event, origin(offset, ts)))
+        else:
+            out.feedback.append((event, origin(offset, ts, "f")))
+    return out
+
+
+def labels(store: SampleStore) -> dict[str, int]:
+    return {id: y for id, _, y in store.labeled()}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SampleStore:
+    with SampleStore.open(tmp_path, waiting_ttl_s=10, max_waiting=100) as opened:
+        yield opened  # type: ignore[misc]
+
+
+def test_samples_labels_and_status(store: SampleStore) -> None:
+    applied = store.apply(batch(Sample("a", X, 1), Sample("b", X), Sample("c", X),
+                                positions={("s", 0): 3}))
+    assert (applied.stored, applied.duplicates) == (3, 0)
+    store.apply(batch(Feedback("b", 2), positions={("f", 0): 1}))
+    status = store.status()
+    assert (status.samples, status.labeled, status.waiting) == (3, 2, 1)
+    assert status.offsets == {"f:0": 1, "s:0": 3}
+    assert labels(store) == {"a": 1, "b": 2}
+
+
+def test_feedback_overrides_inline_and_latest_feedback_wins(store: SampleStore) -> None:
+    store.apply(batch(Sample("a", X, 1)))
+    applied = store.apply(batch(Feedback("a", 2), Feedback("a", 0)))
+    assert applied.relabeled == 2
+    assert labels(store) == {"a": 0}
+
+
+def test_feedback_before_its_sample_waits_then_applies(store: SampleStore) -> None:
+    applied = store.apply(batch(Feedback("a", 2), Feedback("a", 1)))
+    assert applied.early_feedback == 2
+    assert store.status().early_feedback == 1
+    applied = store.apply(batch(Sample("a", X, 0)))
+    assert applied.labeled_late == 1
+    assert labels(store) == {"a": 1}
+    assert store.status().early_feedback == 0
+
+
+def test_duplicate_ids_are_stored_once(store: SampleStore) -> None:
+    store.apply(batch(Sample("a", X, 1), Sample("a", X + 1, 2)))
+    applied = store.apply(batch(Sample("a", X, 0)))
+    assert applied.duplicates == 1
+    assert store.status().samples == 1
+    assert labels(store) == {"a": 1}
+    assert store.status().counters["duplicates"] == 2
+
+
+def test_waiting_halves_expire_by_stream_time(store: SampleStore) -> None:
+    store.apply(batch(Sample("old", X), Feedback("ghost", 1), ts=1_000))
+    store.apply(batch(Sample("new", X), ts=5_000))
+    assert store.status().waiting == 2
+    applied = store.apply(batch(Sample("later", X, 1), ts=12_000))  # ttl is 10 s
+    assert (applied.expired_samples, applied.expired_feedback) == (1, 1)
+    status = store.status()
+    assert (status.waiting, status.early_feedback) == (1, 0)
+    assert status.counters["expired_samples"] == 1
+
+
+def test_waiting_is_bounded(tmp_path: Path) -> None:
+    with SampleStore.open(tmp_path, max_waiting=5) as store:
+        for i in range(4):
+            store.apply(batch(*(Sample(f"s{i}.{j}", X) for j in range(3)), ts=1_000 + i))
+        assert store.status().waiting == 5
+        assert store.status().counters["expired_samples"] == 7
+
+
+def test_failed_batch_leaves_store_and_offsets_unchanged(store: SampleStore) -> None:
+    store.apply(batch(Sample("a", X), positions={("s", 0): 1}))
+    broken = batch(Sample("b", X, 1), positions={("s", 0): 2})
+    broken.dead_letters = Counter({"dead_letters:x": 1})
+    broken.samples.append((Sample("c", "not an array"), origin()))  # type: ignore[arg-type]
+    with pytest.raises(AttributeError):
+        store.apply(broken)
+    status = store.status()
+    assert (status.samples, status.dead_letters, status.offsets) == (1, 0, {"s:0": 1})
+    store.apply(batch(Feedback("a", 2)))
+    assert labels(store) == {"a": 2}
+
+
+def test_store_survives_reopen(tmp_path: Path) -> None:
+    with SampleStore.open(tmp_path) as store:
+        store.apply(batch(Sample("a", X), Feedback("z", 1), positions={("s", 0): 7}))
+    with SampleStore.open(tmp_path) as store:
+        assert store.positions() == {("s", 0): 7}
+        store.apply(batch(Sample("z", X)))
+        assert labels(store) == {"z": 1}
+
+
+def test_future_format_is_refused_and_kept(tmp_path: Path) -> None:
+    SampleStore.open(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "samples.sqlite")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (str(FORMAT + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="upgrade lifelong"):
+        SampleStore.open(tmp_path)
+    db = sqlite3.connect(tmp_path / "samples.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0] == str(FORMAT + 1)
+
+
+def test_corrupt_database_is_refused_with_advice(tmp_path: Path) -> None:
+    path = tmp_path / "samples.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="move it aside"):
+        SampleStore.open(tmp_path)
+    assert path.read_bytes() == b"this is not sqlite" * 100
+
+
+def test_readonly_open_of_missing_state(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="no state"):
+        SampleStore.open(tmp_path / "none", readonly=True)
+
+
+events = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.none() | st.integers(0, 4), st.booleans()),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events, st.randoms(use_true_random=False))
+def test_labels_do_not_depend_on_topic_interleaving(tmp_path_factory, stream, random) -> None:  # type: ignore[no-untyped-def]
+    """Samples and feedback arrive on two topics; only each topic's own order may matter."""
+    samples = [Sample(id, X, y) for id, y, is_sample in stream if is_sample]
+    feedback = [Feedback(id, y if y is not None else 0) for id, y, is_sample in stream if not is_sample]
+
+    def run(order: list[Sample | Feedback]) -> tuple[dict[str, int], int]:
+        with SampleStore.open(tmp_path_factory.mktemp("s")) as store:
+            for event in order:
+                store.apply(batch(event))
+            return labels(store), store.status().samples
+
+    merged: list[Sample | Feedback] = []
+    queues = [list(samples), list(feedback)]
+    while any(queues):
+        queue = random.choice([q for q in queues if q])
+        merged.append(queue.pop(0))
+    assert run(merged) == run([*samples, *feedback])
