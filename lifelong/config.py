@@ -42,9 +42,7 @@ class KafkaSettings(_Section):
     request_timeout_ms: int = Field(30_000, ge=1000)
     # Passed through to kafka-python for production clusters.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: (
-        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
-    ) = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
     ssl_cafile: Path | None = None
@@ -101,11 +99,7 @@ def load_settings(
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            + (
-                f" (got {item['input']!r:.60})"
-                if "input" in item and item["type"] != "missing"
-                else ""
-            )
+            + (f" (got {item['input']!r:.60})" if "input" in item and item["type"] != "missing" else "")
             for item in error.errors()
         )
         raise ConfigError(f"invalid configuration ({source}): {problems}") from None

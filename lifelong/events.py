@@ -154,9 +154,7 @@ class Decoder:
             ...  # dead-letter it with event.reason
     """
 
-    def __init__(
-        self, *, features: int, max_classes: int, max_message_bytes: int = 1_048_576
-    ) -> None:
+    def __init__(self, *, features: int, max_classes: int, max_message_bytes: int = 1_048_576) -> None:
         for name, value, low in (
             ("features", features, 1),
             ("max_classes", max_classes, 2),
@@ -246,9 +244,7 @@ def _binary(raw: _BinaryX) -> np.ndarray[Any, np.dtype[Any]]:
     except (binascii.Error, ValueError):
         raise _Invalid(Reason.BAD_X, "binary x 'b64' is not valid base64") from None
     if len(buffer) % dtype.itemsize:
-        raise _Invalid(
-            Reason.WRONG_LENGTH, f"{len(buffer)} bytes is not a whole number of {dtype.name}"
-        )
+        raise _Invalid(Reason.WRONG_LENGTH, f"{len(buffer)} bytes is not a whole number of {dtype.name}")
     return np.frombuffer(buffer, dtype=dtype)
 
 

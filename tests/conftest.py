@@ -38,8 +38,13 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
         for section, values in sections.items():
             lines.append(f"[{section}]")
             for key, value in values.items():
-                rendered = f'"{value}"' if isinstance(value, (str, Path)) else str(value).lower() \
-                    if isinstance(value, bool) else str(value)
+                rendered = (
+                    f'"{value}"'
+                    if isinstance(value, (str, Path))
+                    else str(value).lower()
+                    if isinstance(value, bool)
+                    else str(value)
+                )
                 lines.append(f"{key} = {rendered}")
         path = tmp_path / name
         path.write_text("\n".join(lines) + "\n")

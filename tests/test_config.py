@@ -23,8 +23,9 @@ def test_defaults_match_the_documented_keys() -> None:
 
 def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-def]
     path = make_config(kafka={"samples_topic": "in"}, data={"features": 784, "max_classes": 3})
-    settings = load_settings(path, environ={"LIFELONG_DATA__MAX_CLASSES": "5",
-                                            "LIFELONG_STATE__DIR": "/tmp/x", "OTHER": "1"})
+    settings = load_settings(
+        path, environ={"LIFELONG_DATA__MAX_CLASSES": "5", "LIFELONG_STATE__DIR": "/tmp/x", "OTHER": "1"}
+    )
     assert settings.kafka.samples_topic == "in"
     assert settings.data.features == 784
     assert settings.data.max_classes == 5
@@ -42,8 +43,15 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         ({}, {"LIFELONG_STATE__MAX_WAITING": "-1"}, "state.max_waiting"),
         ({}, {"LIFELONG_NOPE__KEY": "1"}, "nope"),
     ],
-    ids=["zero features", "classes not int", "empty topic", "misspelt key", "bad protocol",
-         "env negative", "unknown section"],
+    ids=[
+        "zero features",
+        "classes not int",
+        "empty topic",
+        "misspelt key",
+        "bad protocol",
+        "env negative",
+        "unknown section",
+    ],
 )
 def test_invalid_config_names_the_key(make_config, sections, environ, key) -> None:  # type: ignore[no-untyped-def]
     path = make_config(**sections)

@@ -94,8 +94,12 @@ REJECTED_SAMPLES = {
         Reason.WRONG_LENGTH,
     ),
     "binary float NaN": (
-        sample(x={"dtype": "float32",
-                  "b64": base64.b64encode(np.array([math.nan, 0, 0, 0], "<f4").tobytes()).decode()}),
+        sample(
+            x={
+                "dtype": "float32",
+                "b64": base64.b64encode(np.array([math.nan, 0, 0, 0], "<f4").tobytes()).decode(),
+            }
+        ),
         Reason.NON_FINITE,
     ),
 }
@@ -134,9 +138,12 @@ def test_decoder_validates_its_arguments() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=6)
-    | st.dictionaries(st.sampled_from(["id", "x", "y", "ts", "meta", "v", "dtype", "b64", "k"]),
-                      children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.dictionaries(
+            st.sampled_from(["id", "x", "y", "ts", "meta", "v", "dtype", "b64", "k"]), children, max_size=6
+        )
+    ),
     max_leaves=30,
 )
 

@@ -43,8 +43,7 @@ def store(tmp_path: Path) -> SampleStore:
 
 
 def test_samples_labels_and_status(store: SampleStore) -> None:
-    applied = store.apply(batch(Sample("a", X, 1), Sample("b", X), Sample("c", X),
-                                positions={("s", 0): 3}))
+    applied = store.apply(batch(Sample("a", X, 1), Sample("b", X), Sample("c", X), positions={("s", 0): 3}))
     assert (applied.stored, applied.duplicates) == (3, 0)
     store.apply(batch(Feedback("b", 2), positions={("f", 0): 1}))
     status = store.status()

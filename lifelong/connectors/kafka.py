@@ -171,12 +171,7 @@ class KafkaSource:
 
     def lag(self) -> Lag:
         """Records between what was handed out and each partition's high watermark."""
-        return Lag(
-            {
-                tp: self._highwater.get(tp, position) - position
-                for tp, position in self._next.items()
-            }
-        )
+        return Lag({tp: self._highwater.get(tp, position) - position for tp, position in self._next.items()})
 
     def close(self) -> None:
         """Stop the fetcher."""
@@ -223,9 +218,7 @@ def _fetch(outbox: Connection, inbox: Connection, config: dict[str, Any]) -> Non
                             for tp, offset in argument.items()
                         }
                     )
-                polled = consumer.poll(
-                    timeout_ms=_IDLE_POLL_MS, max_records=config["max_poll_records"]
-                )
+                polled = consumer.poll(timeout_ms=_IDLE_POLL_MS, max_records=config["max_poll_records"])
                 columns = []
                 highwater: dict[TopicPartition, int] = {}
                 for ktp, records in polled.items():
@@ -335,9 +328,7 @@ class KafkaDeadLetterSink:
             try:
                 metadata = future.get(timeout=self.timeout_s)
             except Exception as error:
-                raise BrokerUnavailable(
-                    f"dead letter not delivered to {self.topic!r}: {error!r}"
-                ) from None
+                raise BrokerUnavailable(f"dead letter not delivered to {self.topic!r}: {error!r}") from None
             ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
         return ends
 
@@ -367,9 +358,7 @@ class KafkaDeadLetterSink:
                             found.add(source)
                 todo = [tp for tp in todo if consumer.position(tp) < ends[tp]]
             if todo:
-                raise BrokerUnavailable(
-                    f"could not read back {self.topic!r} within {self.timeout_s}s"
-                )
+                raise BrokerUnavailable(f"could not read back {self.topic!r} within {self.timeout_s}s")
             return found
         finally:
             consumer.close(autocommit=False)

@@ -91,9 +91,7 @@ class MemorySource:
 
     def lag(self) -> Lag:
         """Records left per partition."""
-        return Lag(
-            {tp: len(self.bus.topic(tp.topic)[tp.partition]) - n for tp, n in self._next.items()}
-        )
+        return Lag({tp: len(self.bus.topic(tp.topic)[tp.partition]) - n for tp, n in self._next.items()})
 
 
 class MemoryDeadLetterSink:

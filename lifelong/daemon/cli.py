@@ -131,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="print what the state directory holds",
-        description="Counts of stored samples, labels, waiting halves, "
-        "dead letters, and the offsets held.",
+        description="Counts of stored samples, labels, waiting halves, dead letters, and the offsets held.",
     )
     status.add_argument("--config", "-c", help="TOML settings file")
     status.add_argument("--json", action="store_true", help="print JSON")

@@ -165,9 +165,7 @@ class SampleStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
         try:
-            connection = sqlite3.connect(
-                uri, uri=True, isolation_level=None, check_same_thread=False
-            )
+            connection = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             if not readonly:
                 connection.execute("PRAGMA journal_mode=WAL")
                 # NORMAL is safe against process crashes in WAL mode; after a power loss the
@@ -180,9 +178,7 @@ class SampleStore:
                 f"state database {path} cannot be read ({error}); move it aside to rebuild the "
                 "state from Kafka, or restore a backup"
             ) from None
-        return cls(
-            connection=connection, path=path, waiting_ttl_s=waiting_ttl_s, max_waiting=max_waiting
-        )
+        return cls(connection=connection, path=path, waiting_ttl_s=waiting_ttl_s, max_waiting=max_waiting)
 
     def close(self) -> None:
         """Close the database."""
@@ -224,10 +220,7 @@ class SampleStore:
             db.executemany(
                 "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
                 "DO UPDATE SET next_offset = excluded.next_offset",
-                [
-                    (topic, partition, offset)
-                    for (topic, partition), offset in batch.positions.items()
-                ],
+                [(topic, partition, offset) for (topic, partition), offset in batch.positions.items()],
             )
             db.executemany(
                 "INSERT INTO dead_letter_offsets VALUES (?, ?) ON CONFLICT (partition) "
@@ -315,9 +308,7 @@ class SampleStore:
 
     def _expire(self, batch: IngestBatch) -> tuple[int, int]:
         # The store's clock is the bus's record time, so a replay expires the same events.
-        stamps = [o.timestamp_ms for _, o in batch.samples] + [
-            o.timestamp_ms for _, o in batch.feedback
-        ]
+        stamps = [o.timestamp_ms for _, o in batch.samples] + [o.timestamp_ms for _, o in batch.feedback]
         if not stamps:
             return 0, 0
         now_ms = max(max(stamps), self.stream_time_ms())
@@ -387,18 +378,14 @@ class SampleStore:
             early_feedback=int(db.execute("SELECT COUNT(*) FROM early_feedback").fetchone()[0]),
             dead_letters=sum(by_reason.values()),
             dead_letters_by_reason=dict(sorted(by_reason.items())),
-            counters={
-                k: v for k, v in sorted(counters.items()) if not k.startswith("dead_letters:")
-            },
+            counters={k: v for k, v in sorted(counters.items()) if not k.startswith("dead_letters:")},
             offsets={
                 f"{topic}:{partition}": offset
                 for (topic, partition), offset in sorted(self.positions().items())
             },
         )
 
-    def labeled(
-        self, *, limit: int | None = None
-    ) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:
+    def labeled(self, *, limit: int | None = None) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:
         """Labeled samples in arrival order as (id, x, y)."""
         query = "SELECT id, x, dtype, y FROM samples WHERE y IS NOT NULL ORDER BY seq"
         if limit is not None:
@@ -423,7 +410,6 @@ def _check_format(connection: sqlite3.Connection, path: Path, *, create: bool) -
             + (
                 "upgrade lifelong to read it"
                 if newer
-                else "it was written by an older lifelong; "
-                "move it aside to rebuild the state from Kafka"
+                else "it was written by an older lifelong; move it aside to rebuild the state from Kafka"
             )
         )

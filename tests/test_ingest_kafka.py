@@ -1,0 +1,188 @@
+"""End to end on the embedded broker: `lifelong run --burst`, dead letters, exactly once across kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from lifelong.connectors.broker import EmbeddedBroker
+from lifelong.connectors.headers import REASON, source_of
+from lifelong.connectors.kafka import ensure_topics
+from lifelong.memory.samples import SampleStore
+from tests.streams import FEATURES, MAX_CLASSES, MAX_MESSAGE_BYTES, expected_reasons, stream
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+CLI = [sys.executable, "-m", "lifelong.daemon.cli"]
+
+
+class Setup:
+    """Topics on the shared broker and a config file pointing at them."""
+
+    def __init__(
+        self,
+        broker: EmbeddedBroker,
+        unique: Callable[[str], str],
+        make_config: Callable[..., Path],
+        tmp_path: Path,
+        name: str,
+    ) -> None:
+        self.broker = broker
+        self.samples, self.feedback, self.dead = (unique(t) for t in ("samples", "feedback", "dead"))
+        self.options = {"bootstrap_servers": broker.bootstrap_servers}
+        ensure_topics(
+            client_options=self.options, topics=[self.samples, self.feedback, self.dead], partitions=2
+        )
+        self.state = tmp_path / f"state-{name}"
+        self.config = make_config(
+            f"{name}.toml",
+            kafka={
+                "bootstrap_servers": broker.bootstrap_servers,
+                "samples_topic": self.samples,
+                "feedback_topic": self.feedback,
+                "dead_letter_topic": self.dead,
+                "group_id": unique("group"),
+            },
+            data={"features": FEATURES, "max_classes": MAX_CLASSES, "max_message_bytes": MAX_MESSAGE_BYTES},
+            state={"dir": str(self.state)},
+        )
+
+    def produce(self, events, pause_every: int = 0, pause_s: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+        producer = KafkaProducer(**self.options, linger_ms=2)
+        for n, (kind, key, value) in enumerate(events, 1):
+            producer.send(self.samples if kind == "samples" else self.feedback, value, key=key)
+            if pause_every and n % pause_every == 0:
+                producer.flush()
+                time.sleep(pause_s)
+        producer.flush()
+        producer.close()
+
+    def run(self, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+        return subprocess.run(
+            [*CLI, *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+            **kwargs,
+        )
+
+    def status(self) -> dict:  # type: ignore[type-arg]
+        done = self.run("status", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    def dead_letters(self) -> list:  # type: ignore[type-arg]
+        consumer = KafkaConsumer(
+            self.dead, group_id=None, auto_offset_reset="earliest", consumer_timeout_ms=2000, **self.options
+        )
+        records = list(consumer)
+        consumer.close()
+        return records
+
+    def labels(self) -> dict[str, int]:
+        with SampleStore.open(self.state, readonly=True) as store:
+            return {id: y for id, _, y in store.labeled()}
+
+
+def expected_labels(events) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Feedback overrides the inline label; the last feedback for an id wins."""
+    inline: dict[str, int] = {}
+    feedback: dict[str, int] = {}
+    for kind, key, value in events:
+        if key.startswith(b"bad"):
+            continue
+        body = json.loads(value)
+        if kind == "feedback":
+            feedback[body["id"]] = body["y"]
+        elif body["y"] is not None:
+            inline[body["id"]] = body["y"]
+    return {f"s{i}": feedback.get(f"s{i}", inline.get(f"s{i}")) for i in range(1000)}  # type: ignore[misc]
+
+
+def without_topic(offsets: dict[str, int]) -> dict[str, int]:
+    return {
+        f"{name.split('.')[0]}:{part.rsplit(':', 1)[1]}": value
+        for name, value in offsets.items()
+        for part in [name]
+    }
+
+
+@pytest.fixture
+def setup(broker, unique, make_config, tmp_path) -> Callable[[str], Setup]:  # type: ignore[no-untyped-def]
+    return lambda name: Setup(broker, unique, make_config, tmp_path, name)
+
+
+def test_burst_stores_everything_once_and_dead_letters_the_rest(setup) -> None:  # type: ignore[no-untyped-def]
+    run = setup("clean")
+    events = list(stream(seed=1))
+    run.produce(events)
+
+    done = run.run("run", "--burst")
+    assert done.returncode == 0, done.stderr
+    assert "stopped after" in done.stderr
+    status = run.status()
+    assert (status["samples"], status["labeled"], status["waiting"]) == (1000, 1000, 0)
+    assert status["dead_letters"] == 200
+    assert status["dead_letters_by_reason"] == expected_reasons(seed=1)
+    assert sum(status["offsets"].values()) == len(events)
+    assert run.labels() == expected_labels(events)
+
+    letters = run.dead_letters()
+    assert len(letters) == 200
+    headers = [dict(letter.headers) for letter in letters]
+    assert all(h[REASON].decode() in expected_reasons(seed=1) for h in headers)
+    sources = {source_of(letter.headers) for letter in letters}
+    assert len(sources) == 200 and all(s is not None and s[0] in (run.samples, run.feedback) for s in sources)
+
+    again = run.run("run", "--burst")
+    assert again.returncode == 0, again.stderr
+    assert run.status() == status
+    assert len(run.dead_letters()) == 200
+
+
+def test_kill_9_three_times_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+    events = list(stream(seed=2))
+    reference = setup("reference")
+    reference.produce(events)
+    assert reference.run("run", "--burst").returncode == 0
+    expected = reference.status()
+
+    killed = setup("killed")
+    producer = threading.Thread(target=killed.produce, args=(events, 25, 0.1))
+    producer.start()
+    rng = random.Random(7)
+    env = {**os.environ, "LIFELONG_KAFKA__MAX_POLL_RECORDS": "25"}
+    stored_at_kill = []
+    for _ in range(3):
+        daemon = subprocess.Popen(
+            [*CLI, "run", "--config", str(killed.config)], env=env, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(1.5, 3.0))
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        if killed.state.exists():
+            stored_at_kill.append(killed.status()["samples"])
+    producer.join()
+    # The kills must have landed mid-stream for this test to mean anything.
+    assert any(0 < count < 1000 for count in stored_at_kill), stored_at_kill
+    final = killed.run("run", "--burst", env=env)
+    assert final.returncode == 0, final.stderr
+
+    status = killed.status()
+    for key in ("samples", "labeled", "waiting", "dead_letters", "dead_letters_by_reason"):
+        assert status[key] == expected[key], key
+    assert without_topic(status["offsets"]) == without_topic(expected["offsets"])
+    assert killed.labels() == reference.labels()
+    assert len(killed.dead_letters()) == 200
