@@ -39,6 +39,9 @@ class KafkaSettings(_Section):
     create_topics: bool = True
     topic_partitions: int = Field(1, ge=1)
     max_poll_records: int = Field(5000, ge=1)
+    # Consumer processes that parse records (the costly part of kafka-python) in parallel,
+    # each reading a share of the partitions.
+    fetchers: int = Field(2, ge=1)
     request_timeout_ms: int = Field(30_000, ge=1000)
     # Passed through to kafka-python for production clusters.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

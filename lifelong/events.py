@@ -28,7 +28,7 @@ import base64
 import binascii
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -38,6 +38,8 @@ MAX_ID_LENGTH = 512
 
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# msgspec checks the range while it parses, so a decoded list never overflows float32.
+_Feature = Annotated[float, msgspec.Meta(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]
 
 
 class Reason(StrEnum):
@@ -97,7 +99,7 @@ class _BinaryX(msgspec.Struct):
 
 class _SampleWire(msgspec.Struct):
     id: _Id
-    x: list[float] | _BinaryX
+    x: list[_Feature] | _BinaryX
     y: int | None = None
     ts: _Timestamp | None = None
     meta: dict[str, Any] | None = None
@@ -128,7 +130,7 @@ def _reason_for(error: msgspec.ValidationError) -> Reason:
     path = _PATH.search(message)
     if path is not None:
         field = path.group(1)
-        if field == "x" and "out of range" in message:
+        if field == "x" and ("out of range" in message or "Expected `float` " in message):
             return Reason.NON_FINITE
         return _FIELD_REASONS.get(field, Reason.NOT_OBJECT)
     missing = _MISSING.search(message)
@@ -214,16 +216,17 @@ class Decoder:
         return wire
 
     def _x(self, raw: list[float] | _BinaryX) -> np.ndarray[Any, np.dtype[Any]]:
-        # float64 first: numpy converts a list to float64 faster than to float32.
-        x = np.array(raw, dtype=np.float64) if isinstance(raw, list) else _binary(raw)
+        if isinstance(raw, list):
+            if len(raw) != self.features:
+                raise _Invalid(Reason.WRONG_LENGTH, f"x has {len(raw)} values, expected {self.features}")
+            # In float32 range already (see _Feature); via float64 because numpy builds that faster.
+            return np.array(raw, dtype=np.float64).astype(np.float32)
+        x = _binary(raw)
         if x.shape[0] != self.features:
             raise _Invalid(Reason.WRONG_LENGTH, f"x has {x.shape[0]} values, expected {self.features}")
-        if x.dtype.kind == "u":
-            return x
-        # False for NaN too; one max over |x| is cheaper than isfinite + a range check.
-        if not np.abs(x).max() <= _FLOAT32_MAX:
-            raise _Invalid(Reason.NON_FINITE, "x holds NaN or infinity, or a value beyond float32")
-        return x.astype(np.float32)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise _Invalid(Reason.NON_FINITE, "x holds NaN or infinity")
+        return x
 
     def _label(self, raw: int) -> int:
         if not 0 <= raw < self.max_classes:
@@ -246,6 +249,93 @@ def _binary(raw: _BinaryX) -> np.ndarray[Any, np.dtype[Any]]:
     if len(buffer) % dtype.itemsize:
         raise _Invalid(Reason.WRONG_LENGTH, f"{len(buffer)} bytes is not a whole number of {dtype.name}")
     return np.frombuffer(buffer, dtype=dtype)
+
+
+SampleRow = tuple[str, bytes, str, int | None, int | None, str | None]
+"""A sample as the store keeps it: id, x's bytes, x's dtype, y, ts, meta as JSON text."""
+
+FeedbackRow = tuple[str, int]
+"""A feedback event as the store applies it: id, y."""
+
+
+class Decoded(NamedTuple):
+    """One partition's records decoded: rows of the accepted ones, and why the others were rejected."""
+
+    feedback: bool
+    rows: list[Any]  # SampleRow or FeedbackRow
+    positions: list[int]  # the record index of each row
+    rejections: list[tuple[int, str, str]]  # (record index, reason, detail)
+
+
+def sample_row(sample: Sample) -> SampleRow:
+    """The storage row of ``sample``."""
+    meta = None if sample.meta is None else msgspec.json.encode(sample.meta).decode()
+    return (sample.id, sample.x.tobytes(), sample.x.dtype.str, sample.y, sample.ts, meta)
+
+
+class TopicDecoder:
+    """Decodes a batch of one topic's records into rows; picklable, so fetcher processes can run it.
+
+    Example::
+
+        decode = TopicDecoder(samples_topic="s", feedback_topic="f", features=64, max_classes=10)
+        decoded = decode("s", [b'{"id": "a", "x": [...]}'])
+    """
+
+    def __init__(
+        self,
+        *,
+        samples_topic: str,
+        feedback_topic: str,
+        features: int,
+        max_classes: int,
+        max_message_bytes: int = 1_048_576,
+    ) -> None:
+        self.samples_topic = samples_topic
+        self.feedback_topic = feedback_topic
+        self.decoder = Decoder(
+            features=features, max_classes=max_classes, max_message_bytes=max_message_bytes
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _topic_decoder,
+            (
+                self.samples_topic,
+                self.feedback_topic,
+                self.decoder.features,
+                self.decoder.max_classes,
+                self.decoder.max_message_bytes,
+            ),
+        )
+
+    def __call__(self, topic: str, values: list[bytes | None]) -> Decoded:
+        """Decode ``values`` read from ``topic`` (the feedback topic, or else the samples topic)."""
+        feedback = topic == self.feedback_topic
+        decode = self.decoder.decode_feedback if feedback else self.decoder.decode_sample
+        rows: list[Any] = []
+        positions: list[int] = []
+        rejections: list[tuple[int, str, str]] = []
+        for position, value in enumerate(values):
+            event = decode(value)
+            if type(event) is Rejection:
+                rejections.append((position, event.reason.value, event.detail))
+                continue
+            rows.append((event.id, event.y) if feedback else sample_row(event))  # type: ignore[union-attr,arg-type]
+            positions.append(position)
+        return Decoded(feedback, rows, positions, rejections)
+
+
+def _topic_decoder(
+    samples_topic: str, feedback_topic: str, features: int, max_classes: int, max_message_bytes: int
+) -> TopicDecoder:
+    return TopicDecoder(
+        samples_topic=samples_topic,
+        feedback_topic=feedback_topic,
+        features=features,
+        max_classes=max_classes,
+        max_message_bytes=max_message_bytes,
+    )
 
 
 def encode_sample(
@@ -283,11 +373,16 @@ def encode_feedback(id: str, y: int, *, ts: int | None = None) -> bytes:
 
 __all__ = [
     "WIRE_VERSION",
+    "Decoded",
     "Decoder",
     "Feedback",
+    "FeedbackRow",
     "Reason",
     "Rejection",
     "Sample",
+    "SampleRow",
+    "TopicDecoder",
     "encode_feedback",
     "encode_sample",
+    "sample_row",
 ]

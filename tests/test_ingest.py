@@ -11,7 +11,7 @@ from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemorySo
 from lifelong.daemon.app import Daemon, RunState, StateLock
 from lifelong.daemon.ingest import Ingestor
 from lifelong.errors import StateError
-from lifelong.events import Decoder, encode_feedback, encode_sample
+from lifelong.events import TopicDecoder, encode_feedback, encode_sample
 from lifelong.memory.samples import SampleStore
 
 X = [0.5, 0.25]
@@ -27,9 +27,7 @@ def make_ingestor(bus: MemoryBus, store: SampleStore) -> Ingestor:
         ),  # type: ignore[arg-type]
         sink=MemoryDeadLetterSink(bus=bus, topic="dead"),
         store=store,
-        decoder=Decoder(features=2, max_classes=3),
-        samples_topic="s",
-        feedback_topic="f",
+        decode=TopicDecoder(samples_topic="s", feedback_topic="f", features=2, max_classes=3),
         commit_interval_s=0,
     )
 

@@ -13,22 +13,18 @@ from hypothesis import strategies as st
 
 from lifelong.errors import StateError
 from lifelong.events import Feedback, Sample
-from lifelong.memory.samples import FORMAT, IngestBatch, Origin, SampleStore
+from lifelong.memory.samples import FORMAT, IngestBatch, SampleStore, stored_sample
 
 X = np.zeros(3, dtype=np.float32)
-
-
-def origin(offset: int = 0, ts: int = 1_000, topic: str = "s") -> Origin:
-    return Origin(topic, 0, offset, ts)
 
 
 def batch(*events: Sample | Feedback, ts: int = 1_000, positions: dict | None = None) -> IngestBatch:  # type: ignore[type-arg]
     out = IngestBatch(positions=positions or {})
     for offset, event in enumerate(events):
         if isinstance(event, Sample):
-            out.samples.append((event, origin(offset, ts)))
+            out.samples.append(stored_sample(event, "s", 0, offset, ts))
         else:
-            out.feedback.append((event, origin(offset, ts, "f")))
+            out.feedback.append((event.id, event.y, ts))
     return out
 
 
@@ -101,8 +97,8 @@ def test_failed_batch_leaves_store_and_offsets_unchanged(store: SampleStore) -> 
     store.apply(batch(Sample("a", X), positions={("s", 0): 1}))
     broken = batch(Sample("b", X, 1), positions={("s", 0): 2})
     broken.dead_letters = Counter({"dead_letters:x": 1})
-    broken.samples.append((Sample("c", "not an array"), origin()))  # type: ignore[arg-type]
-    with pytest.raises(AttributeError):
+    broken.samples.append(("c", b"", "<f4", 1, None, None, "s", 0, 5))  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.ProgrammingError):
         store.apply(broken)
     status = store.status()
     assert (status.samples, status.dead_letters, status.offsets) == (1, 0, {"s:0": 1})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class TopicPartition(NamedTuple):
@@ -41,6 +41,8 @@ class Batch:
     timestamps: list[int]
     keys: list[bytes | None]
     headers: list[tuple[tuple[str, bytes], ...]]
+    # What the source's decode callable made of the values, when it was given one.
+    decoded: Any = None
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -96,11 +98,13 @@ class Lag:
     """How far a source's read position is behind the end of each partition."""
 
     behind: dict[TopicPartition, int] = field(default_factory=dict)
+    # Assigned partitions whose end the source has not learnt yet.
+    unknown: int = 0
 
     @property
     def drained(self) -> bool:
-        """True when every assigned partition has been read to its end."""
-        return all(count <= 0 for count in self.behind.values())
+        """True when every assigned partition has been read to its known end."""
+        return not self.unknown and all(count <= 0 for count in self.behind.values())
 
 
 class Source(Protocol):

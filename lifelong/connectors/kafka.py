@@ -10,14 +10,16 @@ position, and the group id only receives committed offsets for lag tooling.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from lifelong.connectors.base import Batch, DeadLetter, Lag, TopicPartition
@@ -27,6 +29,8 @@ from lifelong.errors import LifelongError
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_MS = 200
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_PIPE_BYTES = 1 << 20
 
 
 class BrokerUnavailable(LifelongError, ConnectionError):
@@ -64,6 +68,10 @@ def ensure_topics(
 class KafkaSource:
     """Samples and feedback from Kafka, read by a fetcher process from the state's offsets.
 
+    ``decode``, when given, is a picklable callable ``(topic, values) -> decoded`` that the
+    fetchers run on each batch, so decoding, too, happens beside the daemon; its result is
+    the batch's ``decoded``, and only rejected records keep their raw bytes.
+
     Example::
 
         source = KafkaSource(topics=["lifelong.samples"], group_id="lifelong",
@@ -81,26 +89,25 @@ class KafkaSource:
         positions: Mapping[tuple[str, int], int],
         start_from: str = "earliest",
         max_poll_records: int = 5000,
+        fetchers: int = 2,
+        decode: Callable[[str, list[bytes | None]], Any] | None = None,
         start_timeout_s: float = 60.0,
     ) -> None:
+        if fetchers < 1:
+            raise ValueError(f"fetchers must be >= 1, got {fetchers!r}")
         self.topics = list(topics)
         self.group_id = group_id
         self.client_options = dict(client_options)
         self.start_from = start_from
         self.max_poll_records = max_poll_records
+        self.fetchers = fetchers
         self._highwater: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
         self._connected = False
-        context = multiprocessing.get_context("spawn")
-        self._inbox, child_outbox = context.Pipe(duplex=False)
-        child_inbox, self._outbox = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_fetch,
-            name="lifelong-fetcher",
-            daemon=True,
-            args=(
-                child_outbox,
-                child_inbox,
+        self._ready: set[int] = set()
+        self._early: list[Batch] = []
+        self._children = [
+            _Fetcher(
                 {
                     "topics": self.topics,
                     "group_id": group_id,
@@ -108,53 +115,58 @@ class KafkaSource:
                     "positions": dict(positions),
                     "start_from": start_from,
                     "max_poll_records": max_poll_records,
+                    "share": (index, fetchers),
+                    "decode": decode,
                     "parent": os.getpid(),
-                },
-            ),
-        )
-        self._process.start()
-        child_outbox.close()
-        child_inbox.close()
+                }
+            )
+            for index in range(fetchers)
+        ]
         self._await_ready(start_timeout_s)
 
     @property
     def connected(self) -> bool:
-        """Whether the fetcher's last poll reached the cluster."""
+        """Whether the fetchers' last polls reached the cluster."""
         return self._connected
 
     def _await_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while not self._next:
-            if not self._inbox.poll(max(0.0, deadline - time.monotonic())):
+        while len(self._ready) < len(self._children):
+            ready = wait([c.inbox for c in self._children], max(0.0, deadline - time.monotonic()))
+            if not ready:
                 self.close()
                 raise BrokerUnavailable(
-                    f"no partitions of {self.topics} assigned within {timeout_s}s from "
+                    f"partitions of {self.topics} not assigned within {timeout_s}s from "
                     f"{self.client_options.get('bootstrap_servers')}"
                 )
-            self._receive()
+            for inbox in ready:
+                # A fetcher may send records before its siblings are ready: keep them for poll.
+                self._early.extend(self._receive(inbox))  # type: ignore[arg-type]
 
     def poll(self, timeout_s: float) -> Sequence[Batch]:
-        """The batches the fetcher has ready, waiting up to ``timeout_s`` for the first."""
-        batches: list[Batch] = []
-        if not self._inbox.poll(timeout_s):
-            return batches
-        while True:
-            batches.extend(self._receive())
-            if len(batches) >= 64 or not self._inbox.poll(0):
-                return batches
+        """The batches the fetchers have ready, waiting up to ``timeout_s`` for the first."""
+        batches, self._early = self._early, []
+        inboxes = [c.inbox for c in self._children]
+        ready = wait(inboxes, 0 if batches else timeout_s)
+        while ready and len(batches) < 64:
+            for inbox in ready:
+                batches.extend(self._receive(inbox))  # type: ignore[arg-type]
+            ready = wait(inboxes, 0)
+        return batches
 
-    def _receive(self) -> list[Batch]:
+    def _receive(self, inbox: Connection) -> list[Batch]:
         try:
-            kind, payload, highwater = pickle.loads(self._inbox.recv_bytes())
+            kind, payload, highwater, index = pickle.loads(inbox.recv_bytes())
         except (EOFError, OSError):
-            raise BrokerUnavailable("the Kafka fetcher process exited") from None
+            raise BrokerUnavailable("a Kafka fetcher process exited") from None
         self._highwater.update(highwater)
         if kind == "error":
             self._connected = False
-            log.warning("Kafka fetcher: %s", payload)
+            log.warning("Kafka fetcher %d: %s", index, payload)
             return []
         self._connected = True
         if kind == "ready":
+            self._ready.add(index)
             self._next.update(payload)
             return []
         batches = [Batch(*columns) for columns in payload]
@@ -163,31 +175,65 @@ class KafkaSource:
         return batches
 
     def commit(self, positions: Mapping[TopicPartition, int]) -> None:
-        """Ask the fetcher to commit ``positions`` for the group (asynchronously)."""
-        try:
-            self._outbox.send(("commit", dict(positions)))
-        except OSError:
-            raise BrokerUnavailable("the Kafka fetcher process exited") from None
+        """Ask the fetchers to commit ``positions`` for the group (asynchronously)."""
+        for child in self._children:
+            child.send(("commit", dict(positions)))
 
     def lag(self) -> Lag:
         """Records between what was handed out and each partition's high watermark."""
-        return Lag({tp: self._highwater.get(tp, position) - position for tp, position in self._next.items()})
+        known = {tp: self._highwater[tp] - n for tp, n in self._next.items() if tp in self._highwater}
+        return Lag(known, unknown=len(self._next) - len(known))
 
     def close(self) -> None:
-        """Stop the fetcher."""
-        if self._process.is_alive():
-            with contextlib.suppress(OSError):
-                self._outbox.send(("stop", None))
-            self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
-        self._inbox.close()
-        self._outbox.close()
+        """Stop the fetchers."""
+        for child in self._children:
+            child.close()
 
 
-def _fetch(outbox: Connection, inbox: Connection, config: dict[str, Any]) -> None:
+class _Fetcher:
+    """The daemon's end of one fetcher process and its two pipes."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        # A plain child process, not multiprocessing's spawn, which would re-run the caller's
+        # __main__ module.
+        inbox_read, inbox_write = os.pipe()
+        outbox_read, outbox_write = os.pipe()
+        for fd in (inbox_read, outbox_read):
+            with contextlib.suppress(OSError):  # Linux only; fewer wake-ups per batch
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lifelong.connectors.kafka", str(inbox_write), str(outbox_read)],
+            pass_fds=(inbox_write, outbox_read),
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(inbox_write)
+        os.close(outbox_read)
+        self.inbox = Connection(inbox_read, writable=False)
+        self.outbox = Connection(outbox_write, readable=False)
+        self.send(config)
+
+    def send(self, message: Any) -> None:
+        try:
+            self.outbox.send(message)
+        except OSError:
+            raise BrokerUnavailable("a Kafka fetcher process exited") from None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(BrokerUnavailable):
+                self.send(("stop", None))
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.inbox.close()
+        self.outbox.close()
+
+
+def _fetch(outbox: Connection, inbox: Connection) -> None:
     """The fetcher process: poll Kafka, ship columns to the daemon, commit on request."""
+    config: dict[str, Any] = inbox.recv()
     # Signals go to the daemon, which stops us through the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -196,8 +242,11 @@ def _fetch(outbox: Connection, inbox: Connection, config: dict[str, Any]) -> Non
     from kafka.errors import KafkaError
     from kafka.structs import OffsetAndMetadata
 
+    index = config["share"][0]
+    decode = config["decode"]
+
     def send(kind: str, payload: Any, highwater: dict[TopicPartition, int]) -> None:
-        outbox.send_bytes(pickle.dumps((kind, payload, highwater), protocol=5))
+        outbox.send_bytes(pickle.dumps((kind, payload, highwater, index), protocol=5))
 
     consumer: Any = None
     backoff = 0.5
@@ -208,32 +257,25 @@ def _fetch(outbox: Connection, inbox: Connection, config: dict[str, Any]) -> Non
                     consumer = _connect(KafkaConsumer, KafkaTP, config)
                     send("ready", *_starting_positions(consumer))
                     backoff = 0.5
-                while inbox.poll(0):
+                mine = consumer.assignment()
+                while inbox.poll(0 if mine else _IDLE_POLL_MS / 1000):
                     command, argument = inbox.recv()
                     if command == "stop":
                         return
-                    consumer.commit_async(
-                        {
-                            KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
-                            for tp, offset in argument.items()
-                        }
-                    )
+                    offsets = {
+                        KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
+                        for tp, offset in argument.items()
+                    }
+                    if offsets.keys() & mine:
+                        consumer.commit_async({k: v for k, v in offsets.items() if k in mine})
+                if not mine:  # more fetchers than partitions: this one has nothing to read
+                    send("idle", [], {})
+                    continue
                 polled = consumer.poll(timeout_ms=_IDLE_POLL_MS, max_records=config["max_poll_records"])
                 columns = []
                 highwater: dict[TopicPartition, int] = {}
                 for ktp, records in polled.items():
-                    tp = TopicPartition(ktp.topic, ktp.partition)
-                    columns.append(
-                        (
-                            tp.topic,
-                            tp.partition,
-                            [r.offset for r in records],
-                            [r.value for r in records],
-                            [r.timestamp for r in records],
-                            [r.key for r in records],
-                            [tuple(r.headers) for r in records],
-                        )
-                    )
+                    columns.append(_columns(ktp.topic, ktp.partition, records, decode))
                 for ktp in consumer.assignment():
                     mark = consumer.highwater(ktp)
                     if mark is not None:
@@ -248,6 +290,32 @@ def _fetch(outbox: Connection, inbox: Connection, config: dict[str, Any]) -> Non
     finally:
         if consumer is not None:
             consumer.close(autocommit=False)
+
+
+def _columns(topic: str, partition: int, records: list[Any], decode: Any) -> tuple[Any, ...]:
+    """A batch's columns; with a decoder, raw bytes travel only for the records it rejected."""
+    offsets = [r.offset for r in records]
+    timestamps = [r.timestamp for r in records]
+    values = [r.value for r in records]
+    if decode is None:
+        return (
+            topic,
+            partition,
+            offsets,
+            values,
+            timestamps,
+            [r.key for r in records],
+            [tuple(r.headers) if r.headers else () for r in records],
+        )
+    decoded = decode(topic, values)
+    keep: list[Any] = [None] * len(records)
+    keys = [None] * len(records)
+    headers: list[Any] = [()] * len(records)
+    for position, _, _ in decoded.rejections:
+        record = records[position]
+        keep[position], keys[position] = record.value, record.key
+        headers[position] = tuple(record.headers) if record.headers else ()
+    return (topic, partition, offsets, keep, timestamps, keys, headers, decoded)
 
 
 def _connect(consumer_class: Any, tp_class: Any, config: dict[str, Any]) -> Any:
@@ -267,7 +335,10 @@ def _connect(consumer_class: Any, tp_class: Any, config: dict[str, Any]) -> Any:
 
             raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
         partitions += [tp_class(topic, p) for p in sorted(found)]
-    consumer.assign(partitions)
+    index, count = config["share"]
+    partitions = partitions[index::count]
+    if partitions:
+        consumer.assign(partitions)
     stored = config["positions"]
     for ktp in partitions:
         offset = stored.get((ktp.topic, ktp.partition))
@@ -283,11 +354,10 @@ def _connect(consumer_class: Any, tp_class: Any, config: dict[str, Any]) -> Any:
 def _starting_positions(
     consumer: Any,
 ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    assigned = list(consumer.assignment())
-    ends = consumer.end_offsets(assigned)
-    positions = {TopicPartition(k.topic, k.partition): consumer.position(k) for k in assigned}
-    highwater = {TopicPartition(k.topic, k.partition): ends[k] for k in assigned}
-    return positions, highwater
+    # No end offsets here: only a fetch response's high watermark is trusted for the end
+    # (the embedded broker's ListOffsets answers the last batch's base offset + 1).
+    positions = {TopicPartition(k.topic, k.partition): consumer.position(k) for k in consumer.assignment()}
+    return positions, {}
 
 
 class KafkaDeadLetterSink:
@@ -366,3 +436,7 @@ class KafkaDeadLetterSink:
     def close(self) -> None:
         """Flush and close the producer."""
         self._producer.close(timeout=self.timeout_s)
+
+
+if __name__ == "__main__":
+    _fetch(Connection(int(sys.argv[1]), readable=False), Connection(int(sys.argv[2]), writable=False))

@@ -8,8 +8,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from lifelong.connectors.base import Batch, DeadLetter, DeadLetterSink, Source, TopicPartition
-from lifelong.events import Decoder, Rejection
-from lifelong.memory.samples import Applied, IngestBatch, Origin, SampleStore
+from lifelong.events import Decoded, TopicDecoder
+from lifelong.memory.samples import Applied, IngestBatch, SampleStore
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +19,9 @@ class Ingestor:
 
     Example::
 
-        ingestor = Ingestor(source=source, sink=sink, store=store, decoder=decoder,
-                            samples_topic="lifelong.samples", feedback_topic="lifelong.feedback")
+        decode = TopicDecoder(samples_topic="lifelong.samples", feedback_topic="lifelong.feedback",
+                              features=64, max_classes=10)
+        ingestor = Ingestor(source=source, sink=sink, store=store, decode=decode)
         ingestor.recover()
         while ...:
             ingestor.step(timeout_s=1.0)
@@ -32,18 +33,14 @@ class Ingestor:
         source: Source,
         sink: DeadLetterSink,
         store: SampleStore,
-        decoder: Decoder,
-        samples_topic: str,
-        feedback_topic: str,
+        decode: TopicDecoder,
         commit_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.sink = sink
         self.store = store
-        self.decoder = decoder
-        self.samples_topic = samples_topic
-        self.feedback_topic = feedback_topic
+        self.decode = decode
         self.commit_interval_s = commit_interval_s
         self.clock = clock
         self.totals: Counter[str] = Counter()
@@ -75,31 +72,25 @@ class Ingestor:
         letters: list[DeadLetter] = []
         handled = 0
         for part in batches:
-            is_samples = part.topic == self.samples_topic
-            decode = self.decoder.decode_sample if is_samples else self.decoder.decode_feedback
-            accepted: list = batch.samples if is_samples else batch.feedback  # type: ignore[type-arg]
-            for index, value in enumerate(part.values):
-                event = decode(value)
-                if type(event) is Rejection:
-                    batch.dead_letters[f"dead_letters:{event.reason}"] += 1
-                    source = (part.topic, part.partition, part.offsets[index])
-                    if source in self._already_sent:
-                        self._already_sent.discard(source)
-                    else:
-                        letters.append(DeadLetter(part.record(index), event.reason, event.detail))
+            decoded: Decoded = part.decoded or self.decode(part.topic, part.values)
+            topic, partition, offsets, stamps = part.topic, part.partition, part.offsets, part.timestamps
+            if decoded.feedback:
+                batch.feedback.extend(
+                    (*row, stamps[i]) for row, i in zip(decoded.rows, decoded.positions, strict=True)
+                )
+            else:
+                batch.samples.extend(
+                    (*row, topic, partition, offsets[i], stamps[i])
+                    for row, i in zip(decoded.rows, decoded.positions, strict=True)
+                )
+            for i, reason, detail in decoded.rejections:
+                batch.dead_letters[f"dead_letters:{reason}"] += 1
+                source = (topic, partition, offsets[i])
+                if source in self._already_sent:
+                    self._already_sent.discard(source)
                 else:
-                    accepted.append(
-                        (
-                            event,
-                            Origin(
-                                part.topic,
-                                part.partition,
-                                part.offsets[index],
-                                part.timestamps[index],
-                            ),
-                        )
-                    )
-            batch.positions[(part.topic, part.partition)] = part.next_offset
+                    letters.append(DeadLetter(part.record(i), reason, detail))
+            batch.positions[(topic, partition)] = part.next_offset
             handled += len(part)
         if letters:
             # Delivered before the offsets move past them: a crash in between re-reads them,

@@ -9,7 +9,7 @@ from lifelong.config import KafkaSettings, Settings
 from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaSource, ensure_topics
 from lifelong.daemon.app import Daemon, StateLock
 from lifelong.daemon.ingest import Ingestor
-from lifelong.events import Decoder
+from lifelong.events import TopicDecoder
 from lifelong.memory.samples import SampleStore
 
 
@@ -62,6 +62,13 @@ def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
             partitions=kafka.topic_partitions,
             topics=[kafka.samples_topic, kafka.feedback_topic, kafka.dead_letter_topic],
         )
+    decode = TopicDecoder(
+        samples_topic=kafka.samples_topic,
+        feedback_topic=kafka.feedback_topic,
+        features=settings.data.features,
+        max_classes=settings.data.max_classes,
+        max_message_bytes=settings.data.max_message_bytes,
+    )
     sink = KafkaDeadLetterSink(topic=kafka.dead_letter_topic, client_options=options)
     stack.callback(sink.close)
     source = KafkaSource(
@@ -71,19 +78,8 @@ def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
         positions=store.positions(),
         start_from=kafka.start_from,
         max_poll_records=kafka.max_poll_records,
+        fetchers=kafka.fetchers,
+        decode=decode,
     )
     stack.callback(source.close)
-    decoder = Decoder(
-        features=settings.data.features,
-        max_classes=settings.data.max_classes,
-        max_message_bytes=settings.data.max_message_bytes,
-    )
-    ingestor = Ingestor(
-        source=source,
-        sink=sink,
-        store=store,
-        decoder=decoder,
-        samples_topic=kafka.samples_topic,
-        feedback_topic=kafka.feedback_topic,
-    )
-    return Daemon(ingestor=ingestor)
+    return Daemon(ingestor=Ingestor(source=source, sink=sink, store=store, decode=decode))

@@ -12,7 +12,6 @@ depend on how the samples and feedback topics interleave.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import time
@@ -20,12 +19,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from lifelong.errors import StateError
-from lifelong.events import Feedback, Sample
+from lifelong.events import Sample, sample_row
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +48,13 @@ CREATE TABLE IF NOT EXISTS samples (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
     offset INTEGER NOT NULL,
-    stream_ms INTEGER NOT NULL
+    timestamp_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS samples_waiting ON samples (stream_ms) WHERE y IS NULL;
+CREATE INDEX IF NOT EXISTS samples_waiting ON samples (timestamp_ms) WHERE y IS NULL;
 CREATE TABLE IF NOT EXISTS early_feedback (
-    id TEXT PRIMARY KEY, y INTEGER NOT NULL, stream_ms INTEGER NOT NULL
+    id TEXT PRIMARY KEY, y INTEGER NOT NULL, timestamp_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS early_feedback_age ON early_feedback (stream_ms);
+CREATE INDEX IF NOT EXISTS early_feedback_age ON early_feedback (timestamp_ms);
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
@@ -67,21 +66,26 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
-class Origin(NamedTuple):
-    """Where an event was read, and the bus's timestamp for it (the store's clock)."""
+StoredSample = tuple[str, bytes, str, int | None, int | None, str | None, str, int, int, int]
+"""A :data:`~lifelong.events.SampleRow` plus where it was read: topic, partition, offset, timestamp_ms."""
 
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
+StoredFeedback = tuple[str, int, int]
+"""A :data:`~lifelong.events.FeedbackRow` plus its record's timestamp_ms."""
+
+
+def stored_sample(
+    sample: Sample, topic: str = "", partition: int = 0, offset: int = 0, timestamp_ms: int = 0
+) -> StoredSample:
+    """The stored form of ``sample`` read at ``topic:partition@offset``."""
+    return (*sample_row(sample), topic, partition, offset, timestamp_ms)
 
 
 @dataclass(slots=True)
 class IngestBatch:
     """What one consumer poll produced, to be stored in one transaction."""
 
-    samples: list[tuple[Sample, Origin]] = field(default_factory=list)
-    feedback: list[tuple[Feedback, Origin]] = field(default_factory=list)
+    samples: list[StoredSample] = field(default_factory=list)
+    feedback: list[StoredFeedback] = field(default_factory=list)
     dead_letters: Counter[str] = field(default_factory=Counter)
     positions: dict[Position, int] = field(default_factory=dict)
     dead_letter_positions: dict[int, int] = field(default_factory=dict)
@@ -242,76 +246,75 @@ class SampleStore:
             expired_feedback,
         )
 
-    def _insert_samples(self, samples: list[tuple[Sample, Origin]]) -> tuple[int, int, int]:
-        cursor = self._db.cursor()
-        stored = duplicates = labeled_late = 0
-        for sample, origin in samples:
-            y, labeled_by = sample.y, "inline"
-            if sample.id in self._early_ids:
-                row = cursor.execute(
-                    "DELETE FROM early_feedback WHERE id = ? RETURNING y", (sample.id,)
-                ).fetchone()
-                self._early_ids.discard(sample.id)
-                y, labeled_by = row[0], "feedback"
-                labeled_late += 1
-            cursor.execute(
-                "INSERT OR IGNORE INTO samples (id, x, dtype, y, labeled_by, ts, meta, topic, "
-                "partition, offset, stream_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    sample.id,
-                    sample.x.tobytes(),
-                    sample.x.dtype.str,
-                    y,
-                    labeled_by if y is not None else None,
-                    sample.ts,
-                    None if sample.meta is None else json.dumps(sample.meta),
-                    origin.topic,
-                    origin.partition,
-                    origin.offset,
-                    origin.timestamp_ms,
-                ),
+    def _insert_samples(self, samples: list[StoredSample]) -> tuple[int, int, int]:
+        db = self._db
+        early = self._early_ids
+        labeled_late: list[str] = []
+        if early:
+            samples = [
+                self._take_early_label(row, labeled_late) if row[0] in early else row for row in samples
+            ]
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO samples (id, x, dtype, y, ts, meta, topic, partition, offset, "
+            "timestamp_ms, labeled_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+            "CASE WHEN ?4 IS NULL THEN NULL ELSE 'inline' END)",
+            samples,
+        )
+        stored = db.total_changes - before
+        if labeled_late:
+            db.executemany(
+                "UPDATE samples SET labeled_by = 'feedback' WHERE id = ?", [(id,) for id in labeled_late]
             )
-            if cursor.rowcount:
-                stored += 1
-                self._waiting += y is None
-            else:
-                duplicates += 1
-        return stored, duplicates, labeled_late
+        if stored == len(samples):
+            self._waiting += sum(1 for row in samples if row[3] is None)
+        else:  # some ids were already stored: count what is waiting now
+            self._waiting = self._count_waiting()
+        return stored, len(samples) - stored, len(labeled_late)
 
-    def _apply_feedback(self, feedback: list[tuple[Feedback, Origin]]) -> tuple[int, int, int]:
+    def _take_early_label(self, row: StoredSample, labeled: list[str]) -> StoredSample:
+        found = self._db.execute("DELETE FROM early_feedback WHERE id = ? RETURNING y", (row[0],)).fetchone()
+        self._early_ids.discard(row[0])
+        labeled.append(row[0])
+        return (*row[:3], found[0], *row[4:])
+
+    def _apply_feedback(self, feedback: list[StoredFeedback]) -> tuple[int, int, int]:
         cursor = self._db.cursor()
         relabeled = late = early = 0
-        for event, origin in feedback:
+        for id, y, timestamp_ms in feedback:
             cursor.execute(
                 "UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ? AND y IS NULL",
-                (event.y, event.id),
+                (y, id),
             )
             if cursor.rowcount:
                 late += 1
                 continue
             cursor.execute(
                 "UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ?",
-                (event.y, event.id),
+                (y, id),
             )
             if cursor.rowcount:
                 relabeled += 1
                 continue
             cursor.execute(
                 "INSERT INTO early_feedback VALUES (?, ?, ?) ON CONFLICT (id) "
-                "DO UPDATE SET y = excluded.y, stream_ms = excluded.stream_ms",
-                (event.id, event.y, origin.timestamp_ms),
+                "DO UPDATE SET y = excluded.y, timestamp_ms = excluded.timestamp_ms",
+                (id, y, timestamp_ms),
             )
-            self._early_ids.add(event.id)
+            self._early_ids.add(id)
             early += 1
         self._waiting -= late
         return relabeled, late, early
 
     def _expire(self, batch: IngestBatch) -> tuple[int, int]:
         # The store's clock is the bus's record time, so a replay expires the same events.
-        stamps = [o.timestamp_ms for _, o in batch.samples] + [o.timestamp_ms for _, o in batch.feedback]
-        if not stamps:
+        if not batch.samples and not batch.feedback:
             return 0, 0
-        now_ms = max(max(stamps), self.stream_time_ms())
+        now_ms = max(
+            max((row[9] for row in batch.samples), default=0),
+            max((row[2] for row in batch.feedback), default=0),
+            self.stream_time_ms(),
+        )
         self._db.execute(
             "INSERT INTO meta VALUES ('stream_time_ms', ?) ON CONFLICT (key) "
             "DO UPDATE SET value = excluded.value",
@@ -319,24 +322,24 @@ class SampleStore:
         )
         cutoff = now_ms - int(self.waiting_ttl_s * 1000)
         samples = self._db.execute(
-            "DELETE FROM samples WHERE y IS NULL AND stream_ms < ?", (cutoff,)
+            "DELETE FROM samples WHERE y IS NULL AND timestamp_ms < ?", (cutoff,)
         ).rowcount
         overflow = self._waiting - samples - self.max_waiting
         if overflow > 0:
             samples += self._db.execute(
                 "DELETE FROM samples WHERE seq IN (SELECT seq FROM samples WHERE y IS NULL "
-                "ORDER BY stream_ms, seq LIMIT ?)",
+                "ORDER BY timestamp_ms, seq LIMIT ?)",
                 (overflow,),
             ).rowcount
         self._waiting -= samples
         expired = self._db.execute(
-            "DELETE FROM early_feedback WHERE stream_ms < ? RETURNING id", (cutoff,)
+            "DELETE FROM early_feedback WHERE timestamp_ms < ? RETURNING id", (cutoff,)
         ).fetchall()
         overflow = len(self._early_ids) - len(expired) - self.max_waiting
         if overflow > 0:
             expired += self._db.execute(
                 "DELETE FROM early_feedback WHERE id IN (SELECT id FROM early_feedback "
-                "ORDER BY stream_ms, id LIMIT ?) RETURNING id",
+                "ORDER BY timestamp_ms, id LIMIT ?) RETURNING id",
                 (overflow,),
             ).fetchall()
         self._early_ids.difference_update(row[0] for row in expired)
