@@ -267,7 +267,7 @@ def _fetch(outbox: Connection, inbox: Connection) -> None:
                         for tp, offset in argument.items()
                     }
                     if offsets.keys() & mine:
-                        consumer.commit_async({k: v for k, v in offsets.items() if k in mine})
+                        consumer.commit({k: v for k, v in offsets.items() if k in mine})
                 if not mine:  # more fetchers than partitions: this one has nothing to read
                     send("idle", [], {})
                     continue

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from importlib.metadata import version
+from pathlib import Path
 from types import FrameType
 
 from lifelong.config import Settings, load_settings
@@ -93,6 +94,13 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lifelong.daemon.demo import run_demo
+
+    run_demo(state_dir=args.state_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lifelong``."""
     parser = argparse.ArgumentParser(
@@ -146,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
     broker.set_defaults(handler=_cmd_broker)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole loop against the embedded broker",
+        description="Stream scikit-learn's digits through the embedded broker into the daemon and "
+        "show what it stored and dead-lettered.",
+    )
+    demo.add_argument("--state-dir", type=Path, default=Path("demo-state"), help="state directory to use")
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 
