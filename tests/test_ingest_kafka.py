@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from lifelong.connectors.broker import EmbeddedBroker
 from lifelong.connectors.headers import REASON, source_of
@@ -45,6 +45,7 @@ class Setup:
             client_options=self.options, topics=[self.samples, self.feedback, self.dead], partitions=2
         )
         self.state = tmp_path / f"state-{name}"
+        self.group = unique("group")
         self.config = make_config(
             f"{name}.toml",
             kafka={
@@ -52,7 +53,7 @@ class Setup:
                 "samples_topic": self.samples,
                 "feedback_topic": self.feedback,
                 "dead_letter_topic": self.dead,
-                "group_id": unique("group"),
+                "group_id": self.group,
             },
             data={"features": FEATURES, "max_classes": MAX_CLASSES, "max_message_bytes": MAX_MESSAGE_BYTES},
             state={"dir": str(self.state)},
@@ -90,6 +91,14 @@ class Setup:
         records = list(consumer)
         consumer.close()
         return records
+
+    def committed(self) -> dict:  # type: ignore[type-arg]
+        """The consumer group's committed offsets, as lag tooling sees them."""
+        consumer = KafkaConsumer(group_id=self.group, enable_auto_commit=False, **self.options)
+        partitions = [TopicPartition(t, p) for t in (self.samples, self.feedback) for p in range(2)]
+        committed = {tp: consumer.committed(tp) for tp in partitions}
+        consumer.close()
+        return committed
 
     def labels(self) -> dict[str, int]:
         with SampleStore.open(self.state, readonly=True) as store:
@@ -138,6 +147,9 @@ def test_burst_stores_everything_once_and_dead_letters_the_rest(setup) -> None: 
     assert status["dead_letters_by_reason"] == expected_reasons(seed=1)
     assert sum(status["offsets"].values()) == len(events)
     assert run.labels() == expected_labels(events)
+
+    committed = run.committed()
+    assert {f"{tp.topic}:{tp.partition}": offset for tp, offset in committed.items()} == status["offsets"]
 
     letters = run.dead_letters()
     assert len(letters) == 200
