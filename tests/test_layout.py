@@ -20,7 +20,7 @@ FORBIDDEN = {
 FORBIDDEN_LIBRARIES = {
     "connectors": {"torch", "avalanche", "faiss", "prometheus_client", "apscheduler"},
     "learners": {"kafka", "prometheus_client", "apscheduler"},
-    "memory": {"kafka", "prometheus_client", "apscheduler"},
+    "memory": {"kafka", "prometheus_client", "apscheduler", "torch", "avalanche"},
 }
 
 

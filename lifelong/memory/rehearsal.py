@@ -1,0 +1,457 @@
+"""The rehearsal memory: a bounded, diverse set of past labeled samples for replay.
+
+Each sample lives in a slot. Its payload (x) is on disk in an append-only log,
+its key (the vector FAISS searches) in RAM: the raw features when there are at
+most ``KEY_DIM`` of them, otherwise a fixed Gaussian random projection to
+``KEY_DIM`` dimensions. A random projection preserves distances up to a small
+distortion (Johnson-Lindenstrauss), needs no training, and never changes, so
+keys stay comparable for the memory's whole life; a learned embedding would
+drift with the model and invalidate the index at every update.
+
+When full, the ``policy`` decides what a new sample replaces:
+
+``reservoir``
+    every sample seen so far is kept with equal probability (Vitter's algorithm R).
+``class_balanced``
+    class-balanced reservoir (Chrysakis & Moens, 2020): a new sample replaces one
+    of the largest class, so rare classes keep their share.
+``diversity``
+    a near-duplicate of a stored sample is not stored again, and a new sample
+    replaces one from the most crowded region (the fullest IVF list).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lifelong.errors import StateError
+from lifelong.memory.bags import Bag, Bags
+from lifelong.memory.index import VectorIndex, exact_knn, training_size
+from lifelong.memory.payloads import PayloadLog
+from lifelong.memory.snapshot import SnapshotDir
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+KEY_DIM = 64
+POLICIES = ("reservoir", "class_balanced", "diversity")
+Policy = Literal["reservoir", "class_balanced", "diversity"]
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Samples drawn from the memory."""
+
+    ids: list[str]
+    x: np.ndarray[Any, Any]
+    y: np.ndarray[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What :meth:`RehearsalMemory.add` did with a batch."""
+
+    stored: int
+    evicted: int
+    skipped: int
+    near_duplicates: int
+
+
+class RehearsalMemory:
+    """A fixed-capacity memory of labeled samples with FAISS search, on disk in ``directory``.
+
+    Example::
+
+        memory = RehearsalMemory(Path("state/memory"), features=784, capacity=10_000,
+                                 policy="class_balanced")
+        memory.add(ids, x, y)
+        batch = memory.sample(256)
+        memory.snapshot(offsets={"lifelong.samples:0": 1200})
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        features: int,
+        capacity: int,
+        policy: Policy = "reservoir",
+        dtype: Any = np.float32,
+        duplicate_radius: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if capacity < 1 or features < 1:
+            raise ValueError(f"capacity and features must be >= 1, got {capacity!r}, {features!r}")
+        self.directory = Path(directory)
+        self.features = features
+        self.capacity = capacity
+        self.policy = policy
+        self.dtype = np.dtype(dtype)
+        self.duplicate_radius = duplicate_radius
+        self.seed = seed
+        self.dim = min(features, KEY_DIM)
+        self._projection = (
+            None
+            if features <= KEY_DIM
+            else (np.random.default_rng(seed).standard_normal((features, KEY_DIM)) / np.sqrt(KEY_DIM)).astype(
+                np.float32
+            )
+        )
+        self._snapshots = SnapshotDir(self.directory / "snapshots", kind="rehearsal-memory", format=FORMAT)
+        self._reset()
+        self.restore()
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _reset(self, generation: int = 0) -> None:
+        cap = self.capacity
+        self._ids: list[str | None] = [None] * cap
+        self._slot_of: dict[str, int] = {}
+        self._y = np.full(cap, -1, dtype=np.int64)
+        self._ts = np.zeros(cap, dtype=np.int64)
+        self._row = np.full(cap, -1, dtype=np.int64)
+        self._region = np.zeros(cap, dtype=np.int64)
+        self._keys = np.zeros((cap, self.dim), dtype=np.float32)
+        self._occupied = Bag()
+        self._classes = Bags()
+        self._regions = Bags()
+        self._free = list(range(cap - 1, -1, -1))
+        self._seen = 0
+        self._seen_by_class: Counter[int] = Counter()
+        self._rng = np.random.default_rng(self.seed)
+        self._index = VectorIndex(dim=self.dim, capacity=cap)
+        self._scale_cache = 0.0
+        self._scale_size = 0
+        self._forgotten_since_snapshot = False
+        self.offsets: dict[str, int] = {}
+        self.counters: Counter[str] = Counter()
+        self._generation = generation
+        self._log: PayloadLog = PayloadLog(
+            self.directory / f"payload-{generation}.bin", features=self.features, dtype=self.dtype
+        )
+
+    @property
+    def size(self) -> int:
+        """Samples held."""
+        return len(self._occupied)
+
+    def __contains__(self, id: str) -> bool:
+        return id in self._slot_of
+
+    def classes(self) -> dict[int, int]:
+        """Samples held per label."""
+        return {int(label): len(bag) for label, bag in sorted(self._classes.items()) if len(bag)}
+
+    def keys_of(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The search keys of inputs ``x`` (n x features)."""
+        x = np.asarray(x, dtype=np.float32).reshape(-1, self.features)
+        return x if self._projection is None else x @ self._projection
+
+    # -- adding ----------------------------------------------------------------------------------
+
+    def add(
+        self,
+        ids: list[str],
+        x: np.ndarray[Any, Any],
+        y: np.ndarray[Any, Any],
+        ts: np.ndarray[Any, Any] | None = None,
+    ) -> Added:
+        """Offer labeled samples; the policy decides which are kept and what they replace."""
+        y = np.asarray(y, dtype=np.int64)
+        x = np.asarray(x).reshape(-1, self.features)
+        ts = np.zeros(len(ids), dtype=np.int64) if ts is None else np.asarray(ts, dtype=np.int64)
+        fresh = [i for i, id in enumerate(ids) if id not in self._slot_of]
+        seen_ids: set[str] = set()
+        fresh = [i for i in fresh if not (ids[i] in seen_ids or seen_ids.add(ids[i]))]  # type: ignore[func-returns-value]
+        keys = self.keys_of(x[fresh]) if fresh else np.zeros((0, self.dim), np.float32)
+        duplicates = self._near_duplicates(keys) if self.policy == "diversity" else np.zeros(len(fresh), bool)
+        placed: dict[int, int] = {}  # slot -> position in `fresh` of its final occupant
+        replaced: set[int] = set()  # slots whose occupant from before this batch leaves
+        skipped = evicted = 0
+        for n, i in enumerate(fresh):
+            self._seen += 1
+            self._seen_by_class[int(y[i])] += 1
+            if duplicates[n]:
+                continue
+            slot = self._free.pop() if self._free else self._victim(int(y[i]), keys[n])
+            if slot is None:
+                skipped += 1
+                continue
+            if self._ids[slot] is not None:
+                if slot not in placed:
+                    replaced.add(slot)
+                self._vacate(slot)
+                evicted += 1
+            self._occupy(slot, ids[i], int(y[i]), int(ts[i]), keys[n])
+            placed[slot] = n
+        self._write(placed, replaced, fresh, x)
+        near = int(duplicates.sum())
+        stored = len(fresh) - near - skipped
+        self.counters.update(stored=stored, evicted=evicted, near_duplicates=near, skipped=skipped)
+        if not self._index.trained and self.size >= training_size(self.capacity):
+            self._train()
+        return Added(stored=stored, evicted=evicted, skipped=skipped, near_duplicates=near)
+
+    def _occupy(self, slot: int, id: str, label: int, ts: int, key: np.ndarray[Any, Any]) -> None:
+        self._ids[slot] = id
+        self._slot_of[id] = slot
+        self._y[slot] = label
+        self._ts[slot] = ts
+        self._keys[slot] = key
+        self._occupied.add(slot)
+        self._classes.add(label, slot)
+        if self._index.trained:
+            region = int(self._index.regions(key[None])[0])
+            self._region[slot] = region
+            self._regions.add(region, slot)
+
+    def _vacate(self, slot: int) -> None:
+        id = self._ids[slot]
+        if id is None:
+            return
+        del self._slot_of[id]
+        self._ids[slot] = None
+        self._occupied.discard(slot)
+        self._classes.discard(int(self._y[slot]), slot)
+        if self._index.trained:
+            self._regions.discard(int(self._region[slot]), slot)
+        self._y[slot] = -1
+
+    def _victim(self, label: int, key: np.ndarray[Any, Any]) -> int | None:
+        rng = self._rng
+        if self.policy == "reservoir":
+            if rng.random() >= self.capacity / self._seen:
+                return None
+            return int(self._occupied.choice(rng))
+        if self.policy == "class_balanced":
+            largest = self._classes.largest()
+            own = self._classes.get(label)
+            if own is None or len(own) < len(self._classes[largest]):
+                return int(self._classes[largest].choice(rng))
+            # Its own class is (one of) the largest: reservoir within the class.
+            if rng.random() >= len(own) / self._seen_by_class[label]:
+                return None
+            return int(own.choice(rng))
+        crowded = self._regions.largest() if self._index.trained else None
+        bag = self._regions[crowded] if crowded is not None else self._occupied
+        return int(bag.choice(rng))
+
+    def _near_duplicates(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Keys within ``duplicate_radius`` x the data's scale of a stored key or an earlier one."""
+        out = np.zeros(len(keys), dtype=bool)
+        if not len(keys):
+            return out
+        radius = self.duplicate_radius * self._scale(keys)
+        limit = radius * radius
+        if self._index.size:
+            distances, _ = self._index.search(keys, 1)
+            out |= distances[:, 0] <= limit
+        if len(keys) > 1:  # repeats inside the batch: keep the first
+            distances, found = exact_knn(keys, keys, min(len(keys), 4))
+            earlier = (found < np.arange(len(keys))[:, None]) & (found >= 0) & (distances <= limit)
+            out |= earlier.any(axis=1)
+        return out
+
+    def _scale(self, keys: np.ndarray[Any, Any]) -> float:
+        """Median distance between two random keys: the data's scale, which duplicates cannot shrink."""
+        if self._scale_cache and abs(self.size - self._scale_size) * 10 <= self._scale_size:
+            return self._scale_cache
+        pool = self._keys[self._occupied.array()] if self.size >= 64 else keys
+        first, second = (self._rng.integers(0, len(pool), size=512) for _ in range(2))
+        distances = np.linalg.norm(pool[first] - pool[second], axis=1)
+        distances = distances[first != second]
+        scale = float(np.median(distances)) if len(distances) else 0.0
+        if self.size >= 64:
+            self._scale_cache, self._scale_size = scale, self.size
+        return scale
+
+    def _write(
+        self, placed: dict[int, int], replaced: set[int], fresh: list[int], x: np.ndarray[Any, Any]
+    ) -> None:
+        if replaced:
+            self._index.remove(np.fromiter(replaced, dtype=np.int64))
+        if not placed:
+            return
+        slots = np.fromiter(placed.keys(), dtype=np.int64)
+        rows = [fresh[n] for n in placed.values()]
+        first = self._log.append(x[rows])
+        self._row[slots] = np.arange(first, first + len(slots))
+        self._index.add(self._keys[slots], slots)
+
+    def _train(self) -> None:
+        slots = self._occupied.array()
+        self._index.train(self._keys[slots], slots)
+        regions = self._index.regions(self._keys[slots])
+        self._region[slots] = regions
+        self._regions = Bags.of(regions, slots)
+
+    # -- forgetting ------------------------------------------------------------------------------
+
+    def forget(self, ids: list[str]) -> list[str]:
+        """Remove samples by id from the index and erase their payload; return the ids found."""
+        slots = [self._slot_of[id] for id in ids if id in self._slot_of]
+        found = [self._ids[s] for s in slots]
+        if slots:
+            array = np.asarray(slots, dtype=np.int64)
+            self._index.remove(array)
+            self._log.erase(self._row[array])
+            for slot in slots:
+                self._vacate(slot)
+                self._row[slot] = -1
+                self._free.append(slot)
+            self.counters["forgotten"] += len(slots)
+            self._forgotten_since_snapshot = True
+        return [id for id in found if id is not None]
+
+    # -- drawing ---------------------------------------------------------------------------------
+
+    def sample(self, n: int, *, balanced: bool = False) -> Replay:
+        """``n`` samples drawn uniformly, or ``balanced`` across the classes held."""
+        if not self.size:
+            return self._replay(np.zeros(0, dtype=np.int64))
+        if not balanced:
+            return self._replay(self._occupied.sample(self._rng, n))
+        labels = [label for label, bag in self._classes.items() if len(bag)]
+        shares = np.full(len(labels), n // len(labels))
+        shares[: n % len(labels)] += 1
+        parts = [
+            self._classes[label].sample(self._rng, int(share))
+            for label, share in zip(labels, shares, strict=True)
+        ]
+        return self._replay(np.concatenate(parts))
+
+    def neighbors(self, x: np.ndarray[Any, Any], k: int = 10) -> Replay:
+        """The stored samples nearest to each of ``x`` (k per input, duplicates removed)."""
+        if not self.size:
+            return self._replay(np.zeros(0, dtype=np.int64))
+        _, found = self._index.search(self.keys_of(x), k)
+        slots = np.unique(found[found >= 0])
+        return self._replay(slots)
+
+    def novelty(self, x: np.ndarray[Any, Any], k: int = 5) -> float:
+        """How far ``x`` lies from the memory: mean k-NN distance over the memory's own (1.0 = typical)."""
+        if self.size <= k:
+            return 0.0
+        distances, _ = self._index.search(self.keys_of(x), k)
+        new = float(np.sqrt(np.maximum(distances, 0)).mean())
+        slots = self._occupied.sample(self._rng, min(256, self.size))
+        own, _ = self._index.search(self._keys[slots], k + 1)
+        reference = float(np.sqrt(np.maximum(own[:, 1:], 0)).mean())
+        return new / reference if reference > 0 else float("inf") if new > 0 else 0.0
+
+    def _replay(self, slots: np.ndarray[Any, Any]) -> Replay:
+        slots = np.asarray(slots, dtype=np.int64)
+        x = self._log.read(self._row[slots]) if len(slots) else np.zeros((0, self.features), self.dtype)
+        return Replay(ids=[self._ids[s] or "" for s in slots], x=x, y=self._y[slots].copy())
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def snapshot(self, *, offsets: dict[str, int] | None = None) -> Path:
+        """Write an atomic snapshot of the memory and the offsets its contents correspond to."""
+        if offsets is not None:
+            self.offsets = dict(offsets)
+        stale = self._compact() if self._log.rows > 2 * self.capacity else None
+        self._log.sync()
+        with self._snapshots.begin() as draft:
+            np.save(draft.path / "keys.npy", self._keys, allow_pickle=False)
+            np.savez(draft.path / "slots.npz", y=self._y, ts=self._ts, row=self._row, region=self._region)
+            (draft.path / "ids.json").write_text(json.dumps(self._ids))
+            bags: dict[str, Any] = {
+                "occupied": self._occupied.array(),
+                "free": np.asarray(self._free, dtype=np.int64),
+                **{f"class_{k}": v for k, v in self._classes.pack().items()},
+                **{f"region_{k}": v for k, v in self._regions.pack().items()},
+            }
+            np.savez(draft.path / "bags.npz", **bags)
+            self._index.write(draft.path / "index.faiss")
+            published = draft.commit(self._manifest())
+        if stale is not None:
+            stale.unlink(missing_ok=True)
+        if self._forgotten_since_snapshot:  # older snapshots still name the forgotten ids
+            self._snapshots.drop_older()
+            self._forgotten_since_snapshot = False
+        return published
+
+    def _compact(self) -> Path:
+        """Copy the live rows to a new payload log (evicted rows pile up in the old one)."""
+        slots = self._occupied.array()
+        old = self._log
+        new = PayloadLog(
+            self.directory / f"payload-{self._generation + 1}.bin", features=self.features, dtype=self.dtype
+        )
+        new.truncate(0)
+        for start in range(0, len(slots), 65536):
+            chunk = slots[start : start + 65536]
+            first = new.append(old.read(self._row[chunk]))
+            self._row[chunk] = np.arange(first, first + len(chunk))
+        self._log, self._generation = new, self._generation + 1
+        old.close()
+        return old.path
+
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "features": self.features,
+            "dtype": self.dtype.str,
+            "policy": self.policy,
+            "key_dim": self.dim,
+            "seed": self.seed,
+            "payload_generation": self._generation,
+            "payload_rows": self._log.rows,
+            "seen": self._seen,
+            "seen_by_class": {str(k): v for k, v in self._seen_by_class.items()},
+            "rng": self._rng.bit_generator.state,
+            "scale": [self._scale_cache, self._scale_size],
+            "offsets": self.offsets,
+            "counters": dict(self.counters),
+        }
+
+    def restore(self) -> bool:
+        """Load the current snapshot, if there is one; return whether one was loaded."""
+        loaded = self._snapshots.load()
+        if loaded is None:
+            self._log.truncate(0)  # rows of a run that crashed before its first snapshot
+            return False
+        manifest, path = loaded
+        for key in ("capacity", "features", "key_dim", "seed", "dtype"):
+            mine = self.dtype.str if key == "dtype" else getattr(self, {"key_dim": "dim"}.get(key, key))
+            if manifest[key] != mine:
+                raise StateError(
+                    f"rehearsal memory snapshot {path} has {key}={manifest[key]!r}, the configuration "
+                    f"{mine!r}: restore the old setting or move "
+                    f"{self.directory} aside to start the memory empty"
+                )
+        self._log.close()
+        self._reset(generation=manifest["payload_generation"])
+        self._log.truncate(manifest["payload_rows"])
+        self._keys = np.load(path / "keys.npy", allow_pickle=False)
+        with np.load(path / "slots.npz", allow_pickle=False) as arrays:
+            self._y, self._ts, self._row, self._region = (arrays[k] for k in ("y", "ts", "row", "region"))
+        self._ids = json.loads((path / "ids.json").read_text())
+        self._index.read(path / "index.faiss")
+        with np.load(path / "bags.npz", allow_pickle=False) as bags:
+            self._occupied = Bag(bags["occupied"].tolist())
+            self._free = bags["free"].tolist()
+            self._classes = Bags.unpack(*(bags[f"class_{k}"] for k in ("keys", "sizes", "items")))
+            self._regions = Bags.unpack(*(bags[f"region_{k}"] for k in ("keys", "sizes", "items")))
+        self._slot_of = {self._ids[s]: s for s in self._occupied.array().tolist()}
+        self._seen = manifest["seen"]
+        self._seen_by_class = Counter({int(k): v for k, v in manifest["seen_by_class"].items()})
+        self._rng.bit_generator.state = manifest["rng"]
+        self._scale_cache, self._scale_size = manifest["scale"]
+        self.offsets = manifest["offsets"]
+        self.counters = Counter(manifest["counters"])
+        return True
+
+    def close(self) -> None:
+        """Close the payload log."""
+        self._log.close()

@@ -1,0 +1,238 @@
+"""The rehearsal memory: bounded, balanced, diverse, exact snapshots, refusals, forgetting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lifelong.errors import StateError
+from lifelong.memory.bags import Bag
+from lifelong.memory.rehearsal import POLICIES, RehearsalMemory
+
+FEATURES = 8
+
+
+def batches(
+    rng: np.random.Generator,
+    count: int,
+    size: int,
+    *,
+    classes: int = 5,
+    weights: list[float] | None = None,
+    start: int = 0,
+):  # type: ignore[no-untyped-def]
+    for b in range(count):
+        y = rng.choice(classes, size=size, p=weights)
+        x = rng.normal(size=(size, FEATURES)).astype(np.float32) + y[:, None]
+        yield [f"s{start + b * size + i}" for i in range(size)], x, y
+
+
+def contents(memory: RehearsalMemory) -> dict[str, tuple[int, list[float]]]:
+    everything = memory.sample(memory.capacity)
+    return {
+        id: (int(y), x.tolist()) for id, x, y in zip(everything.ids, everything.x, everything.y, strict=True)
+    }
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_capacity_is_never_exceeded(tmp_path: Path, policy: str) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=300, policy=policy)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1)
+    for ids, x, y in batches(rng, 40, 100):
+        memory.add(ids, x, y)
+        assert memory.size <= 300
+        assert sum(memory.classes().values()) == memory.size
+    assert memory.size == 300
+    assert len(set(contents(memory))) == 300
+
+
+def test_class_balanced_keeps_rare_classes(tmp_path: Path) -> None:
+    skewed = [0.84, 0.04, 0.04, 0.04, 0.04]
+    balanced = RehearsalMemory(tmp_path / "b", features=FEATURES, capacity=250, policy="class_balanced")
+    reservoir = RehearsalMemory(tmp_path / "r", features=FEATURES, capacity=250, policy="reservoir")
+    for ids, x, y in batches(np.random.default_rng(2), 50, 100, weights=skewed):
+        balanced.add(ids, x, y)
+        reservoir.add(ids, x, y)
+    counts = balanced.classes()
+    assert set(counts) == {0, 1, 2, 3, 4}
+    assert max(counts.values()) - min(counts.values()) <= 1
+    assert min(reservoir.classes().values()) < 25  # the baseline loses the rare classes' share
+
+
+def test_diversity_stores_fewer_near_duplicates(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    prototypes = rng.normal(size=(40, FEATURES)).astype(np.float32) * 5
+    diverse = RehearsalMemory(tmp_path / "d", features=FEATURES, capacity=200, policy="diversity")
+    reservoir = RehearsalMemory(tmp_path / "r", features=FEATURES, capacity=200, policy="reservoir")
+    for b in range(30):
+        picks = rng.integers(0, 40, size=50)  # repeats of 40 prototypes, with tiny noise
+        x = prototypes[picks] + rng.normal(scale=1e-4, size=(50, FEATURES)).astype(np.float32)
+        ids = [f"r{b}-{i}" for i in range(50)]
+        diverse.add(ids, x, picks % 5)
+        reservoir.add(ids, x, picks % 5)
+
+    def near_duplicates(memory: RehearsalMemory) -> int:
+        x = memory.sample(memory.capacity).x
+        distances = np.linalg.norm(x[:, None] - x[None], axis=-1)
+        return int((distances[np.triu_indices(len(x), 1)] < 0.01).sum())
+
+    assert near_duplicates(diverse) < near_duplicates(reservoir) / 10
+    assert diverse.counters["near_duplicates"] > 1000
+
+
+def test_snapshot_round_trip_is_exact(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=500, policy="class_balanced")
+    stream = list(batches(np.random.default_rng(4), 30, 100))
+    for ids, x, y in stream[:20]:
+        memory.add(ids, x, y)
+    memory.snapshot(offsets={"samples:0": 2000})
+    restored = RehearsalMemory(tmp_path, features=FEATURES, capacity=500, policy="class_balanced")
+    assert restored.offsets == {"samples:0": 2000}
+    assert contents(restored) == contents(memory)
+    assert restored.counters == memory.counters
+    for ids, x, y in stream[20:]:  # the same future: random state was restored too
+        memory.add(ids, x, y)
+        restored.add(ids, x, y)
+    assert contents(restored) == contents(memory)
+    probe = stream[0][1][:5]
+    assert restored.neighbors(probe, 3).ids == memory.neighbors(probe, 3).ids
+
+
+def test_restore_discards_what_came_after_the_snapshot(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=100)
+    stream = list(batches(np.random.default_rng(5), 4, 30))
+    memory.add(*stream[0])
+    memory.snapshot()
+    expected = contents(memory)
+    memory.add(*stream[1])  # then a crash, no snapshot
+    restored = RehearsalMemory(tmp_path, features=FEATURES, capacity=100)
+    assert contents(restored) == expected
+
+
+def test_memory_grows_past_its_training_size(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=12_000, policy="diversity")
+    for ids, x, y in batches(np.random.default_rng(6), 13, 1000):
+        memory.add(ids, x, y)
+    assert memory.size == 12_000
+    memory.snapshot()
+    restored = RehearsalMemory(tmp_path, features=FEATURES, capacity=12_000, policy="diversity")
+    assert contents(restored) == contents(memory)
+    assert len(restored.neighbors(np.zeros((2, FEATURES)), 10).ids) >= 10
+
+
+def corrupt_manifest(root: Path, change) -> Path:  # type: ignore[no-untyped-def]
+    snapshots = root / "snapshots"
+    current = snapshots / (snapshots / "CURRENT").read_text().strip()
+    manifest = json.loads((current / "manifest.json").read_text())
+    change(manifest, current)
+    (current / "manifest.json").write_text(json.dumps(manifest))
+    return current
+
+
+def test_future_snapshot_is_refused_and_kept(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=50)
+    memory.add(*next(batches(np.random.default_rng(7), 1, 20)))
+    memory.snapshot()
+    current = corrupt_manifest(tmp_path, lambda m, _: m.update(format=99))
+    with pytest.raises(StateError, match=r"format 99.*upgrade lifelong"):
+        RehearsalMemory(tmp_path, features=FEATURES, capacity=50)
+    assert current.exists() and (current / "keys.npy").exists()
+
+
+def test_corrupt_snapshot_is_refused_and_kept(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=50)
+    stream = batches(np.random.default_rng(8), 2, 20)
+    memory.add(*next(stream))
+    memory.snapshot()
+    memory.add(*next(stream))
+    newest = memory.snapshot()
+    with open(newest / "keys.npy", "r+b") as file:
+        file.seek(200)
+        file.write(b"\xff\xff\xff\xff")
+    with pytest.raises(StateError, match=r"corrupt.*older snapshot"):
+        RehearsalMemory(tmp_path, features=FEATURES, capacity=50)
+    assert newest.exists()
+    older = [p for p in (tmp_path / "snapshots").glob("snapshot-*") if p != newest]
+    assert len(older) == 1  # the last good one is still there to fall back to
+
+
+def test_changed_configuration_is_refused(tmp_path: Path) -> None:
+    RehearsalMemory(tmp_path, features=FEATURES, capacity=50).snapshot()
+    with pytest.raises(StateError, match="capacity=50"):
+        RehearsalMemory(tmp_path, features=FEATURES, capacity=60)
+
+
+def test_forgotten_ids_leave_every_structure(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=100)
+    ids, x, y = next(batches(np.random.default_rng(9), 1, 50))
+    memory.add(ids, x, y)
+    memory.snapshot()
+    target = ids[7]
+    row = memory._row[memory._slot_of[target]]
+    assert memory.forget([target, "unknown"]) == [target]
+    assert target not in memory
+    assert target not in memory.sample(100).ids
+    assert target not in memory.neighbors(x[7:8], 50).ids
+    payload = np.fromfile(tmp_path / "payload-0.bin", dtype=np.float32).reshape(-1, FEATURES)
+    assert not payload[row].any() and payload[row - 1].any()
+    memory.snapshot()
+    restored = RehearsalMemory(tmp_path, features=FEATURES, capacity=100)
+    assert target not in restored and restored.size == 49
+    for snapshot in (tmp_path / "snapshots").glob("snapshot-*"):
+        assert target not in json.loads((snapshot / "ids.json").read_text())
+
+
+def test_wide_inputs_are_projected(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=784, capacity=100, dtype=np.uint8)
+    rng = np.random.default_rng(10)
+    x = rng.integers(0, 256, size=(60, 784), dtype=np.uint8)
+    memory.add([f"i{i}" for i in range(60)], x, rng.integers(0, 10, 60))
+    assert memory.keys_of(x).shape == (60, 64)
+    drawn = memory.sample(60)
+    assert drawn.x.dtype == np.uint8
+    assert {id: row.tolist() for id, row in zip(drawn.ids, drawn.x, strict=True)} == {
+        f"i{i}": x[i].tolist() for i in range(60)
+    }
+    assert memory.neighbors(x[3:4], 1).ids == ["i3"]
+
+
+def test_novelty_rises_for_new_data(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=500)
+    rng = np.random.default_rng(11)
+    for ids, x, y in batches(rng, 5, 100):
+        memory.add(ids, x, y)
+    familiar = memory.novelty(rng.normal(size=(100, FEATURES)) + 2)
+    novel = memory.novelty(rng.normal(size=(100, FEATURES)) + 20)
+    assert 0.5 < familiar < 2.0 < 5 < novel
+
+
+def test_balanced_sampling(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=1000)
+    for ids, x, y in batches(np.random.default_rng(12), 5, 100, weights=[0.8, 0.05, 0.05, 0.05, 0.05]):
+        memory.add(ids, x, y)
+    drawn = memory.sample(50, balanced=True)
+    assert np.bincount(drawn.y).tolist() == [10, 10, 10, 10, 10]
+    assert len(set(memory.sample(200).ids)) == 200
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 30)), max_size=200))
+def test_bag_behaves_like_a_set(operations: list[tuple[bool, int]]) -> None:
+    bag, model = Bag(), set()
+    rng = np.random.default_rng(0)
+    for add, item in operations:
+        if add:
+            bag.add(item)
+            model.add(item)
+        else:
+            bag.discard(item)
+            model.discard(item)
+        assert sorted(bag.array().tolist()) == sorted(model)
+        if model:
+            assert bag.choice(rng) in model
+            assert set(bag.sample(rng, 5).tolist()) <= model
