@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from lifelong.config import Settings, load_settings
+from lifelong.daemon.process import pin_mmap_threshold
 from lifelong.errors import LifelongError
 
 log = logging.getLogger("lifelong")
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lifelong`` command."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
+    pin_mmap_threshold()
     try:
         return int(args.handler(args))
     except LifelongError as error:

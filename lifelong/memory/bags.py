@@ -20,8 +20,7 @@ class Bag:
     def __init__(self, items: Iterable[int] = ()) -> None:
         self._items: list[int] = []
         self._position: dict[int, int] = {}
-        for item in items:
-            self.add(int(item))
+        self.extend(list(dict.fromkeys(items)))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -31,6 +30,12 @@ class Bag:
         if item not in self._position:
             self._position[item] = len(self._items)
             self._items.append(item)
+
+    def extend(self, items: list[int]) -> None:
+        """Add ``items`` (none of them present yet)."""
+        start = len(self._items)
+        self._items.extend(items)
+        self._position.update(zip(items, range(start, start + len(items)), strict=True))
 
     def discard(self, item: int) -> None:
         """Remove ``item`` if present, by moving the last member into its place."""
@@ -50,12 +55,14 @@ class Bag:
         """``n`` distinct members (all of them if fewer), uniformly."""
         if n >= len(self._items):
             return self.array()
-        picks = rng.choice(len(self._items), size=n, replace=False)
-        return (
-            np.asarray(self._items, dtype=np.int64)[picks]
-            if n > 64
-            else np.array([self._items[int(i)] for i in picks], dtype=np.int64)
-        )
+        items = self._items
+        picks = rng.choice(len(items), size=n, replace=False).tolist()
+        return np.array([items[i] for i in picks], dtype=np.int64)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray[Any, Any]:
+        """``n`` members drawn with replacement (cheaper when repeats do not matter)."""
+        items = self._items
+        return np.array([items[i] for i in rng.integers(0, len(items), size=n).tolist()], dtype=np.int64)
 
     def array(self) -> np.ndarray[Any, Any]:
         """Every member."""
@@ -80,6 +87,13 @@ class Bags(dict[int, Bag]):
             bag = self[key] = Bag()
         bag.add(item)
 
+    def extend(self, key: int, items: list[int]) -> None:
+        """Put ``items`` (none of them present yet) in the bag of ``key``."""
+        bag = self.get(key)
+        if bag is None:
+            bag = self[key] = Bag()
+        bag.extend(items)
+
     def discard(self, key: int, item: int) -> None:
         """Take ``item`` out of the bag of ``key``."""
         bag = self.get(key)
@@ -102,8 +116,10 @@ class Bags(dict[int, Bag]):
         """The inverse of :meth:`pack`."""
         bags = cls()
         start = 0
+        members = items.tolist()
         for key, size in zip(keys.tolist(), sizes.tolist(), strict=True):
-            bags[key] = Bag(items[start : start + size].tolist())
+            bag = bags[key] = Bag()
+            bag.extend(members[start : start + size])
             start += size
         return bags
 

@@ -52,7 +52,7 @@ class VectorIndex:
         self.dim = dim
         self.capacity = capacity
         self.nlist = ivf_lists(capacity)
-        self.nprobe = nprobe or max(8, self.nlist // 64)
+        self.nprobe = nprobe or 8
         self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
 
     @property

@@ -22,13 +22,13 @@ When full, the ``policy`` decides what a new sample replaces:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 
 from lifelong.errors import StateError
@@ -172,8 +172,22 @@ class RehearsalMemory:
         fresh = [i for i, id in enumerate(ids) if id not in self._slot_of]
         seen_ids: set[str] = set()
         fresh = [i for i in fresh if not (ids[i] in seen_ids or seen_ids.add(ids[i]))]  # type: ignore[func-returns-value]
-        keys = self.keys_of(x[fresh]) if fresh else np.zeros((0, self.dim), np.float32)
+        if len(fresh) < len(ids):  # copy only when some rows drop out
+            x, y, ts, ids = x[fresh], y[fresh], ts[fresh], [ids[i] for i in fresh]
+            fresh = list(range(len(ids)))
+        keys = self.keys_of(x) if fresh else np.zeros((0, self.dim), np.float32)
         duplicates = self._near_duplicates(keys) if self.policy == "diversity" else np.zeros(len(fresh), bool)
+        # Regions only steer the diversity policy's evictions.
+        regions = self._index.regions(keys) if self._index.trained and self.policy == "diversity" else None
+        near = int(duplicates.sum())
+        if len(fresh) - near <= len(self._free):
+            self._fill(ids, x, y, ts, duplicates, keys, regions)
+            self._seen += len(fresh)
+            self._seen_by_class.update(y.tolist())
+            self.counters.update(stored=len(fresh) - near, near_duplicates=near)
+            if not self._index.trained and self.size >= training_size(self.capacity):
+                self._train()
+            return Added(stored=len(fresh) - near, evicted=0, skipped=0, near_duplicates=near)
         placed: dict[int, int] = {}  # slot -> position in `fresh` of its final occupant
         replaced: set[int] = set()  # slots whose occupant from before this batch leaves
         skipped = evicted = 0
@@ -191,17 +205,57 @@ class RehearsalMemory:
                     replaced.add(slot)
                 self._vacate(slot)
                 evicted += 1
-            self._occupy(slot, ids[i], int(y[i]), int(ts[i]), keys[n])
+            self._occupy(
+                slot, ids[i], int(y[i]), int(ts[i]), keys[n], 0 if regions is None else int(regions[n])
+            )
             placed[slot] = n
         self._write(placed, replaced, fresh, x)
-        near = int(duplicates.sum())
         stored = len(fresh) - near - skipped
         self.counters.update(stored=stored, evicted=evicted, near_duplicates=near, skipped=skipped)
         if not self._index.trained and self.size >= training_size(self.capacity):
             self._train()
         return Added(stored=stored, evicted=evicted, skipped=skipped, near_duplicates=near)
 
-    def _occupy(self, slot: int, id: str, label: int, ts: int, key: np.ndarray[Any, Any]) -> None:
+    def _fill(
+        self,
+        ids: list[str],
+        x: np.ndarray[Any, Any],
+        y: np.ndarray[Any, Any],
+        ts: np.ndarray[Any, Any],
+        duplicates: np.ndarray[Any, Any],
+        keys: np.ndarray[Any, Any],
+        regions: np.ndarray[Any, Any] | None,
+    ) -> None:
+        """Store every row but the near-duplicates in free slots, all at once (the memory has room)."""
+        if duplicates.any():
+            keep = ~duplicates
+            ids = [name for name, dup in zip(ids, duplicates.tolist(), strict=True) if not dup]
+            x, y, ts, keys = x[keep], y[keep], ts[keep], keys[keep]
+            regions = None if regions is None else regions[keep]
+        count = len(ids)
+        if not count:
+            return
+        slots = np.asarray(self._free[-count:][::-1], dtype=np.int64)
+        del self._free[-count:]
+        slot_list = slots.tolist()
+        for slot, name in zip(slot_list, ids, strict=True):
+            self._ids[slot] = name
+        self._slot_of.update(zip(ids, slot_list, strict=True))
+        self._y[slots], self._ts[slots], self._keys[slots] = y, ts, keys
+        self._occupied.extend(slot_list)
+        for label in np.unique(y).tolist():
+            self._classes.extend(label, slots[y == label].tolist())
+        if self._index.trained and self.policy == "diversity" and regions is not None:
+            self._region[slots] = regions
+            for region in np.unique(regions).tolist():
+                self._regions.extend(region, slots[regions == region].tolist())
+        first = self._log.append(x)
+        self._row[slots] = np.arange(first, first + count)
+        self._index.add(keys, slots)
+
+    def _occupy(
+        self, slot: int, id: str, label: int, ts: int, key: np.ndarray[Any, Any], region: int
+    ) -> None:
         self._ids[slot] = id
         self._slot_of[id] = slot
         self._y[slot] = label
@@ -209,8 +263,7 @@ class RehearsalMemory:
         self._keys[slot] = key
         self._occupied.add(slot)
         self._classes.add(label, slot)
-        if self._index.trained:
-            region = int(self._index.regions(key[None])[0])
+        if self._index.trained and self.policy == "diversity":
             self._region[slot] = region
             self._regions.add(region, slot)
 
@@ -222,7 +275,7 @@ class RehearsalMemory:
         self._ids[slot] = None
         self._occupied.discard(slot)
         self._classes.discard(int(self._y[slot]), slot)
-        if self._index.trained:
+        if self._index.trained and self.policy == "diversity":
             self._regions.discard(int(self._region[slot]), slot)
         self._y[slot] = -1
 
@@ -265,9 +318,12 @@ class RehearsalMemory:
         """Median distance between two random keys: the data's scale, which duplicates cannot shrink."""
         if self._scale_cache and abs(self.size - self._scale_size) * 10 <= self._scale_size:
             return self._scale_cache
-        pool = self._keys[self._occupied.array()] if self.size >= 64 else keys
-        first, second = (self._rng.integers(0, len(pool), size=512) for _ in range(2))
-        distances = np.linalg.norm(pool[first] - pool[second], axis=1)
+        if self.size >= 64:
+            first, second = (self._occupied.draw(self._rng, 512) for _ in range(2))
+            distances = np.linalg.norm(self._keys[first] - self._keys[second], axis=1)
+        else:
+            first, second = (self._rng.integers(0, len(keys), size=512) for _ in range(2))
+            distances = np.linalg.norm(keys[first] - keys[second], axis=1)
         distances = distances[first != second]
         scale = float(np.median(distances)) if len(distances) else 0.0
         if self.size >= 64:
@@ -290,9 +346,10 @@ class RehearsalMemory:
     def _train(self) -> None:
         slots = self._occupied.array()
         self._index.train(self._keys[slots], slots)
-        regions = self._index.regions(self._keys[slots])
-        self._region[slots] = regions
-        self._regions = Bags.of(regions, slots)
+        if self.policy == "diversity":
+            regions = self._index.regions(self._keys[slots])
+            self._region[slots] = regions
+            self._regions = Bags.of(regions, slots)
 
     # -- forgetting ------------------------------------------------------------------------------
 
@@ -364,7 +421,7 @@ class RehearsalMemory:
         with self._snapshots.begin() as draft:
             np.save(draft.path / "keys.npy", self._keys, allow_pickle=False)
             np.savez(draft.path / "slots.npz", y=self._y, ts=self._ts, row=self._row, region=self._region)
-            (draft.path / "ids.json").write_text(json.dumps(self._ids))
+            (draft.path / "ids.json").write_bytes(msgspec.json.encode(self._ids))
             bags: dict[str, Any] = {
                 "occupied": self._occupied.array(),
                 "free": np.asarray(self._free, dtype=np.int64),
@@ -436,14 +493,16 @@ class RehearsalMemory:
         self._keys = np.load(path / "keys.npy", allow_pickle=False)
         with np.load(path / "slots.npz", allow_pickle=False) as arrays:
             self._y, self._ts, self._row, self._region = (arrays[k] for k in ("y", "ts", "row", "region"))
-        self._ids = json.loads((path / "ids.json").read_text())
+        self._ids = msgspec.json.decode((path / "ids.json").read_bytes(), type=list[str | None])
         self._index.read(path / "index.faiss")
         with np.load(path / "bags.npz", allow_pickle=False) as bags:
-            self._occupied = Bag(bags["occupied"].tolist())
+            self._occupied = Bag()
+            self._occupied.extend(bags["occupied"].tolist())
             self._free = bags["free"].tolist()
             self._classes = Bags.unpack(*(bags[f"class_{k}"] for k in ("keys", "sizes", "items")))
             self._regions = Bags.unpack(*(bags[f"region_{k}"] for k in ("keys", "sizes", "items")))
-        self._slot_of = {self._ids[s]: s for s in self._occupied.array().tolist()}
+        self._slot_of = dict(zip(self._ids, range(self.capacity), strict=True))  # type: ignore[arg-type]
+        self._slot_of.pop(None, None)  # type: ignore[call-overload]
         self._seen = manifest["seen"]
         self._seen_by_class = Counter({int(k): v for k, v in manifest["seen_by_class"].items()})
         self._rng.bit_generator.state = manifest["rng"]
@@ -451,6 +510,10 @@ class RehearsalMemory:
         self.offsets = manifest["offsets"]
         self.counters = Counter(manifest["counters"])
         return True
+
+    def flush(self) -> None:
+        """Wait for the payload writes in flight."""
+        self._log.flush()
 
     def close(self) -> None:
         """Close the payload log."""

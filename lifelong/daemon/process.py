@@ -1,0 +1,28 @@
+"""Process-wide tuning the daemon applies at start (and the benchmarks, to measure what it runs)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3
+
+
+def pin_mmap_threshold(threshold: int = 1 << 20) -> bool:
+    """Serve allocations of ``threshold`` bytes or more from mmap, always.
+
+    glibc raises its mmap threshold after each large free, up to 32 MiB, so the
+    daemon's batch buffers (tens of MiB, freed after each batch) would end up in
+    the heap, which fragments and never shrinks. A fixed threshold returns them
+    to the system. Returns False where the C library has no ``mallopt``.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError, TypeError):
+        log.debug("mallopt not available; keeping the C library's allocation policy")
+        return False
