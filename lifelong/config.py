@@ -70,12 +70,30 @@ class StateSettings(_Section):
     max_waiting: int = Field(1_000_000, ge=1)
 
 
+class MemorySettings(_Section):
+    """The rehearsal memory: how many samples it keeps and which it keeps."""
+
+    capacity: int = Field(10_000, ge=1)
+    policy: Literal["reservoir", "class_balanced", "diversity"] = "class_balanced"
+    # Stored payload type: uint8 quarters the disk for image inputs sent as uint8.
+    dtype: Literal["float32", "uint8"] = "float32"
+    # Near-duplicate radius of the diversity policy, in units of the median distance between samples.
+    duplicate_radius: float = Field(0.05, ge=0)
+    snapshot_interval_s: float = Field(60.0, gt=0)
+    # The memory follows the store in rounds of at most this many labels, at most this often
+    # while ingestion is busy (always when it is idle), so it never starves ingestion.
+    follow_batch: int = Field(20_000, ge=1)
+    follow_interval_s: float = Field(2.0, ge=0)
+    seed: int = 0
+
+
 class Settings(_Section):
     """Everything the daemon reads from its configuration."""
 
     kafka: KafkaSettings = KafkaSettings()
     data: DataSettings = DataSettings()
     state: StateSettings = StateSettings()
+    memory: MemorySettings = MemorySettings()
 
 
 def load_settings(

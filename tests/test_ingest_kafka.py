@@ -146,7 +146,17 @@ def test_burst_stores_everything_once_and_dead_letters_the_rest(setup) -> None: 
     assert status["dead_letters"] == 200
     assert status["dead_letters_by_reason"] == expected_reasons(seed=1)
     assert sum(status["offsets"].values()) == len(events)
-    assert run.labels() == expected_labels(events)
+    labels = expected_labels(events)
+    assert run.labels() == labels
+    counts: dict[str, int] = {}
+    for y in labels.values():
+        counts[str(y)] = counts.get(str(y), 0) + 1
+    assert status["memory"] == {
+        "size": 1000,
+        "capacity": 10000,
+        "policy": "class_balanced",
+        "classes": counts,
+    }
 
     committed = run.committed()
     assert {f"{tp.topic}:{tp.partition}": offset for tp, offset in committed.items()} == status["offsets"]
@@ -162,6 +172,13 @@ def test_burst_stores_everything_once_and_dead_letters_the_rest(setup) -> None: 
     assert again.returncode == 0, again.stderr
     assert run.status() == status
     assert len(run.dead_letters()) == 200
+
+    forget = run.run("forget", "s1", "s2", "nobody")
+    assert forget.returncode == 0, forget.stderr
+    assert json.loads(forget.stdout) == {"forgotten": ["s1", "s2"], "not_found": ["nobody"]}
+    after = run.status()
+    assert (after["samples"], after["memory"]["size"]) == (998, 998)
+    assert "s1" not in run.labels()
 
 
 def test_kill_9_three_times_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
@@ -193,7 +210,7 @@ def test_kill_9_three_times_changes_nothing(setup) -> None:  # type: ignore[no-u
     assert final.returncode == 0, final.stderr
 
     status = killed.status()
-    for key in ("samples", "labeled", "waiting", "dead_letters", "dead_letters_by_reason"):
+    for key in ("samples", "labeled", "waiting", "dead_letters", "dead_letters_by_reason", "memory"):
         assert status[key] == expected[key], key
     assert without_topic(status["offsets"]) == without_topic(expected["offsets"])
     assert killed.labels() == reference.labels()

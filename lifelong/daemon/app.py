@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import IO
 
 from lifelong.daemon.ingest import Ingestor
+from lifelong.daemon.remember import MemoryFeed
 from lifelong.errors import StateError
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,15 @@ class Daemon:
         self,
         *,
         ingestor: Ingestor,
+        feed: MemoryFeed | None = None,
+        feed_interval_s: float = 2.0,
         poll_timeout_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ingestor = ingestor
+        self.feed = feed
+        self.feed_interval_s = feed_interval_s
+        self._last_feed = clock()
         self.poll_timeout_s = poll_timeout_s
         self.clock = clock
         self._state = RunState.STARTING
@@ -104,12 +110,25 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 handled = self.ingestor.step(self.poll_timeout_s)
+                self._follow(idle=not handled)
                 if burst and not handled and self.ingestor.source.lag().drained:
+                    if self.feed is not None:
+                        self.feed.catch_up()
                     break
         finally:
             self._state = RunState.STOPPING
             self.ingestor.commit()
+            if self.feed is not None:
+                self.feed.maybe_snapshot(force=True)
             self._state = RunState.STOPPED
+
+    def _follow(self, *, idle: bool) -> None:
+        """Let the memory catch up: a round when idle, else at most every ``feed_interval_s``."""
+        if self.feed is None or not (idle or self.clock() - self._last_feed >= self.feed_interval_s):
+            return
+        self._last_feed = self.clock()
+        self.feed.step()
+        self.feed.maybe_snapshot()
 
     def summary(self) -> str:
         """One line of counters for the log at shutdown."""

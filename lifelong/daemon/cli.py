@@ -44,7 +44,8 @@ def _configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    for noisy in ("kafka", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -72,16 +73,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from lifelong.daemon.wiring import open_store
+    from lifelong.daemon.wiring import memory_status, open_store
 
     settings = _settings(args)
     with open_store(settings, readonly=True) as store:
         status = store.status().as_dict()
+    status["memory"] = memory_status(settings)
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         for key, value in status.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from lifelong.daemon.app import StateLock
+    from lifelong.daemon.wiring import open_memory, open_store
+
+    settings = _settings(args)
+    with StateLock(settings.state.dir), open_store(settings) as store:
+        in_store = store.forget(args.ids)
+        memory = open_memory(settings)
+        try:
+            in_memory = memory.forget(args.ids)
+            memory.snapshot()  # and drops the older snapshots that still name them
+        finally:
+            memory.close()
+    found = set(in_store) | set(in_memory)
+    print(
+        json.dumps(
+            {
+                "forgotten": [i for i in args.ids if i in found],
+                "not_found": [i for i in args.ids if i not in found],
+            }
+        )
+    )
     return 0
 
 
@@ -145,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", "-c", help="TOML settings file")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_cmd_status)
+
+    forget = commands.add_parser(
+        "forget",
+        help="erase samples by id from the state and the rehearsal memory",
+        description="Erase samples by id from the sample store, the rehearsal memory and its snapshots. "
+        "Stop the daemon first: it holds the state directory.",
+    )
+    forget.add_argument("--config", "-c", help="TOML settings file")
+    forget.add_argument("ids", nargs="+", metavar="ID", help="sample ids to forget")
+    forget.set_defaults(handler=_cmd_forget)
 
     broker = commands.add_parser(
         "broker",

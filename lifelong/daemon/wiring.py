@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from lifelong.config import KafkaSettings, Settings
 from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaSource, ensure_topics
 from lifelong.daemon.app import Daemon, StateLock
 from lifelong.daemon.ingest import Ingestor
+from lifelong.daemon.remember import MemoryFeed
 from lifelong.events import TopicDecoder
+from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
+from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
+from lifelong.memory.snapshot import SnapshotDir
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -45,6 +50,33 @@ def open_store(settings: Settings, *, readonly: bool = False) -> SampleStore:
         max_waiting=settings.state.max_waiting,
         readonly=readonly,
     )
+
+
+def open_memory(settings: Settings) -> RehearsalMemory:
+    """The rehearsal memory in the state directory (restored from its last snapshot)."""
+    memory = settings.memory
+    return RehearsalMemory(
+        Path(settings.state.dir) / "memory",
+        features=settings.data.features,
+        capacity=memory.capacity,
+        policy=memory.policy,
+        dtype=memory.dtype,
+        duplicate_radius=memory.duplicate_radius,
+        seed=memory.seed,
+    )
+
+
+def memory_status(settings: Settings) -> dict[str, Any]:
+    """What ``lifelong status`` shows of the memory: its last snapshot's counts (read-only)."""
+    manifest = SnapshotDir(
+        Path(settings.state.dir) / "memory" / "snapshots", kind="rehearsal-memory", format=MEMORY_FORMAT
+    ).manifest()
+    return {
+        "size": manifest.get("size", 0) if manifest else 0,
+        "capacity": settings.memory.capacity,
+        "policy": settings.memory.policy,
+        "classes": manifest.get("classes", {}) if manifest else {},
+    }
 
 
 def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
@@ -82,4 +114,16 @@ def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
         decode=decode,
     )
     stack.callback(source.close)
-    return Daemon(ingestor=Ingestor(source=source, sink=sink, store=store, decode=decode))
+    memory = open_memory(settings)
+    stack.callback(memory.close)
+    feed = MemoryFeed(
+        store=store,
+        memory=memory,
+        snapshot_interval_s=settings.memory.snapshot_interval_s,
+        batch_rows=settings.memory.follow_batch,
+    )
+    return Daemon(
+        ingestor=Ingestor(source=source, sink=sink, store=store, decode=decode),
+        feed=feed,
+        feed_interval_s=settings.memory.follow_interval_s,
+    )

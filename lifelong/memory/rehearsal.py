@@ -351,6 +351,20 @@ class RehearsalMemory:
             self._region[slots] = regions
             self._regions = Bags.of(regions, slots)
 
+    def relabel(self, ids: list[str], y: list[int]) -> int:
+        """Give stored samples a new label (later feedback); return how many were stored."""
+        changed = 0
+        for id, label in zip(ids, y, strict=True):
+            slot = self._slot_of.get(id)
+            if slot is None or self._y[slot] == label:
+                continue
+            self._classes.discard(int(self._y[slot]), slot)
+            self._classes.add(label, slot)
+            self._y[slot] = label
+            changed += 1
+        self.counters["relabeled"] += changed
+        return changed
+
     # -- forgetting ------------------------------------------------------------------------------
 
     def forget(self, ids: list[str]) -> list[str]:
@@ -470,6 +484,8 @@ class RehearsalMemory:
             "scale": [self._scale_cache, self._scale_size],
             "offsets": self.offsets,
             "counters": dict(self.counters),
+            "size": self.size,
+            "classes": {str(k): v for k, v in self.classes().items()},
         }
 
     def restore(self) -> bool:

@@ -28,7 +28,7 @@ from lifelong.events import Sample, sample_row
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 DATABASE = "samples.sqlite"
 
 Position = tuple[str, int]
@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS dead_letter_offsets (
     partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- The outbox of labels given, in order: the rehearsal memory follows it by sequence number.
+-- AUTOINCREMENT: sequence numbers are never reused, even after the consumed ones are trimmed.
+CREATE TABLE IF NOT EXISTS label_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, y INTEGER NOT NULL
+);
 """
 
 
@@ -255,6 +260,7 @@ class SampleStore:
                 self._take_early_label(row, labeled_late) if row[0] in early else row for row in samples
             ]
         before = db.total_changes
+        last_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM samples").fetchone()[0]
         db.executemany(
             "INSERT OR IGNORE INTO samples (id, x, dtype, y, ts, meta, topic, partition, offset, "
             "timestamp_ms, labeled_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
@@ -262,6 +268,12 @@ class SampleStore:
             samples,
         )
         stored = db.total_changes - before
+        # Exactly the rows this batch stored with a label, in arrival order.
+        db.execute(
+            "INSERT INTO label_events (id, y) SELECT id, y FROM samples WHERE seq > ? AND y IS NOT NULL "
+            "ORDER BY seq",
+            (last_seq,),
+        )
         if labeled_late:
             db.executemany(
                 "UPDATE samples SET labeled_by = 'feedback' WHERE id = ?", [(id,) for id in labeled_late]
@@ -281,6 +293,7 @@ class SampleStore:
     def _apply_feedback(self, feedback: list[StoredFeedback]) -> tuple[int, int, int]:
         cursor = self._db.cursor()
         relabeled = late = early = 0
+        given: list[tuple[str, int]] = []
         for id, y, timestamp_ms in feedback:
             cursor.execute(
                 "UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ? AND y IS NULL",
@@ -288,6 +301,7 @@ class SampleStore:
             )
             if cursor.rowcount:
                 late += 1
+                given.append((id, y))
                 continue
             cursor.execute(
                 "UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ?",
@@ -295,6 +309,7 @@ class SampleStore:
             )
             if cursor.rowcount:
                 relabeled += 1
+                given.append((id, y))
                 continue
             cursor.execute(
                 "INSERT INTO early_feedback VALUES (?, ?, ?) ON CONFLICT (id) "
@@ -303,6 +318,7 @@ class SampleStore:
             )
             self._early_ids.add(id)
             early += 1
+        cursor.executemany("INSERT INTO label_events (id, y) VALUES (?, ?)", given)
         self._waiting -= late
         return relabeled, late, early
 
@@ -387,6 +403,40 @@ class SampleStore:
                 for (topic, partition), offset in sorted(self.positions().items())
             },
         )
+
+    def label_events(self, after: int, limit: int) -> list[tuple[int, str, int, bytes, str]]:
+        """Labels given after sequence number ``after``, oldest first: (seq, id, y, x bytes, x dtype)."""
+        return self._db.execute(
+            "SELECT e.seq, e.id, e.y, s.x, s.dtype FROM label_events e JOIN samples s ON s.id = e.id "
+            "WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+    def last_label_event(self) -> int:
+        """The sequence number of the newest label event (0 when none)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'label_events'").fetchone()
+        return int(row[0]) if row else 0
+
+    def trim_label_events(self, upto: int) -> None:
+        """Drop the label events a durable follower (the memory's snapshot) has consumed."""
+        self._db.execute("DELETE FROM label_events WHERE seq <= ?", (upto,))
+
+    def forget(self, ids: list[str]) -> list[str]:
+        """Delete samples, early labels and label events by id, bytes overwritten; return the ids found."""
+        db = self._db
+        db.execute("PRAGMA secure_delete = ON")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            found = [id for id in ids if db.execute("SELECT 1 FROM samples WHERE id = ?", (id,)).fetchone()]
+            for table in ("samples", "early_feedback", "label_events"):
+                db.executemany(f"DELETE FROM {table} WHERE id = ?", [(id,) for id in ids])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL may still hold the old pages
+        self._load_caches()
+        return found
 
     def labeled(self, *, limit: int | None = None) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:
         """Labeled samples in arrival order as (id, x, y)."""

@@ -84,6 +84,17 @@ class SnapshotDir:
             return None
         return self.root / pointer.read_text().strip()
 
+    def manifest(self) -> dict[str, Any] | None:
+        """The current snapshot's manifest, unchecked (for status displays), or None."""
+        path = self.current()
+        if path is None:
+            return None
+        try:
+            found = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
     def load(self) -> tuple[dict[str, Any], Path] | None:
         """The current snapshot's manifest and directory after checking format and checksums."""
         path = self.current()

@@ -1,0 +1,110 @@
+"""Keeps the rehearsal memory following the sample store's label events, exactly once.
+
+The store records every label it gives in an outbox (``label_events``) in the
+same transaction as the event that gave it. The memory consumes that outbox by
+sequence number and records the last one in its snapshots, so after any crash
+it resumes where its snapshot stops and the store still has everything after.
+Consumed events are trimmed only once a snapshot holds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from lifelong.errors import StateError
+from lifelong.memory.rehearsal import RehearsalMemory
+from lifelong.memory.samples import SampleStore
+
+log = logging.getLogger(__name__)
+
+CURSOR = "label_seq"
+
+
+class MemoryFeed:
+    """Moves newly labeled samples from the store into the memory; snapshots it on a cadence.
+
+    Example::
+
+        feed = MemoryFeed(store=store, memory=memory, snapshot_interval_s=60)
+        feed.catch_up()          # everything labeled so far
+        feed.maybe_snapshot()
+    """
+
+    def __init__(
+        self,
+        *,
+        store: SampleStore,
+        memory: RehearsalMemory,
+        snapshot_interval_s: float = 60.0,
+        batch_rows: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.memory = memory
+        self.snapshot_interval_s = snapshot_interval_s
+        self.batch_rows = batch_rows
+        self.clock = clock
+        self._last_snapshot = clock()
+        self._dirty = False
+        if self.position > store.last_label_event():
+            raise StateError(
+                f"the rehearsal memory in {memory.directory} has consumed label event {self.position}, "
+                f"the sample store only {store.last_label_event()}: they come from different states; "
+                f"move {memory.directory} aside to rebuild the memory from the store"
+            )
+
+    @property
+    def position(self) -> int:
+        """The last label event the memory holds."""
+        return int(self.memory.offsets.get(CURSOR, 0))
+
+    @property
+    def lag(self) -> int:
+        """Label events the memory has not consumed yet."""
+        return self.store.last_label_event() - self.position
+
+    def step(self, limit: int | None = None) -> int:
+        """Consume up to ``limit`` (default ``batch_rows``) label events; return how many."""
+        events = self.store.label_events(self.position, limit or self.batch_rows)
+        if not events:
+            return 0
+        latest: dict[str, tuple[int, bytes, str]] = {}
+        for _, id, y, x, dtype in events:  # an id labeled twice here keeps its last label
+            latest[id] = (y, x, dtype)
+        new_ids, new_x, new_y, old_ids, old_y = [], [], [], [], []
+        for id, (y, x, dtype) in latest.items():
+            if id in self.memory:
+                old_ids.append(id)
+                old_y.append(y)
+            else:
+                new_ids.append(id)
+                new_x.append(np.frombuffer(x, dtype=np.dtype(dtype)))
+                new_y.append(y)
+        if old_ids:
+            self.memory.relabel(old_ids, old_y)
+        if new_ids:
+            self.memory.add(new_ids, np.stack(new_x), np.asarray(new_y))
+        self.memory.offsets[CURSOR] = events[-1][0]
+        self._dirty = True
+        return len(events)
+
+    def catch_up(self) -> int:
+        """Consume every pending label event."""
+        total = 0
+        while handled := self.step():
+            total += handled
+        return total
+
+    def maybe_snapshot(self, *, force: bool = False) -> bool:
+        """Snapshot the memory if the interval has passed (or ``force``) and it changed; trim the outbox."""
+        if not self._dirty or (not force and self.clock() - self._last_snapshot < self.snapshot_interval_s):
+            return False
+        self.memory.snapshot()
+        self.store.trim_label_events(self.position)
+        self._last_snapshot = self.clock()
+        self._dirty = False
+        return True
