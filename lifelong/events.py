@@ -27,6 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
+from array import array
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -38,6 +40,7 @@ MAX_ID_LENGTH = 512
 
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_BIG_ENDIAN = sys.byteorder == "big"
 # msgspec checks the range while it parses, so a decoded list never overflows float32.
 _Feature = Annotated[float, msgspec.Meta(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]
 
@@ -175,16 +178,40 @@ class Decoder:
     def decode_sample(self, value: bytes | None) -> Sample | Rejection:
         """Decode one samples-topic message."""
         try:
-            wire = self._wire(self._samples, value)
-            return Sample(
-                id=_nonempty(wire.id),
-                x=self._x(wire.x),
-                y=None if wire.y is None else self._label(wire.y),
-                ts=wire.ts,
-                meta=wire.meta,
-            )
+            wire, x, dtype = self._sample(value)
         except _Invalid as invalid:
             return invalid.rejection
+        return Sample(id=wire.id, x=np.frombuffer(x, dtype=dtype), y=wire.y, ts=wire.ts, meta=wire.meta)
+
+    def decode_sample_row(self, value: bytes | None) -> SampleRow | Rejection:
+        """Decode one samples-topic message straight into its storage row (the ingestion path)."""
+        try:
+            wire, x, dtype = self._sample(value)
+        except _Invalid as invalid:
+            return invalid.rejection
+        meta = None if wire.meta is None else msgspec.json.encode(wire.meta).decode()
+        return (wire.id, x, dtype, wire.y, wire.ts, meta)
+
+    def _sample(self, value: bytes | None) -> tuple[_SampleWire, bytes, str]:
+        wire: _SampleWire = self._wire(self._samples, value)
+        _nonempty(wire.id)
+        if wire.y is not None:
+            self._label(wire.y)
+        raw = wire.x
+        if isinstance(raw, list):
+            if len(raw) != self.features:
+                raise _Invalid(Reason.WRONG_LENGTH, f"x has {len(raw)} values, expected {self.features}")
+            # In float32 range already (see _Feature); array builds float32 bytes without numpy's overhead.
+            packed = array("f", raw)
+            if _BIG_ENDIAN:
+                packed.byteswap()
+            return wire, packed.tobytes(), "<f4"
+        x = _binary(raw)
+        if x.shape[0] != self.features:
+            raise _Invalid(Reason.WRONG_LENGTH, f"x has {x.shape[0]} values, expected {self.features}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise _Invalid(Reason.NON_FINITE, "x holds NaN or infinity")
+        return wire, x.tobytes(), x.dtype.str
 
     def decode_feedback(self, value: bytes | None) -> Feedback | Rejection:
         """Decode one feedback-topic message."""
@@ -214,19 +241,6 @@ class Decoder:
                 f"wire version {wire.v} is not supported (this daemon reads v={WIRE_VERSION})",
             )
         return wire
-
-    def _x(self, raw: list[float] | _BinaryX) -> np.ndarray[Any, np.dtype[Any]]:
-        if isinstance(raw, list):
-            if len(raw) != self.features:
-                raise _Invalid(Reason.WRONG_LENGTH, f"x has {len(raw)} values, expected {self.features}")
-            # In float32 range already (see _Feature); via float64 because numpy builds that faster.
-            return np.array(raw, dtype=np.float64).astype(np.float32)
-        x = _binary(raw)
-        if x.shape[0] != self.features:
-            raise _Invalid(Reason.WRONG_LENGTH, f"x has {x.shape[0]} values, expected {self.features}")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise _Invalid(Reason.NON_FINITE, "x holds NaN or infinity")
-        return x
 
     def _label(self, raw: int) -> int:
         if not 0 <= raw < self.max_classes:
@@ -312,7 +326,7 @@ class TopicDecoder:
     def __call__(self, topic: str, values: list[bytes | None]) -> Decoded:
         """Decode ``values`` read from ``topic`` (the feedback topic, or else the samples topic)."""
         feedback = topic == self.feedback_topic
-        decode = self.decoder.decode_feedback if feedback else self.decoder.decode_sample
+        decode = self.decoder.decode_feedback if feedback else self.decoder.decode_sample_row
         rows: list[Any] = []
         positions: list[int] = []
         rejections: list[tuple[int, str, str]] = []
@@ -321,7 +335,7 @@ class TopicDecoder:
             if type(event) is Rejection:
                 rejections.append((position, event.reason.value, event.detail))
                 continue
-            rows.append((event.id, event.y) if feedback else sample_row(event))  # type: ignore[union-attr,arg-type]
+            rows.append(event if not feedback else (event.id, event.y))  # type: ignore[union-attr]
             positions.append(position)
         return Decoded(feedback, rows, positions, rejections)
 
