@@ -26,6 +26,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py --json
+	$(PY) bench/memory.py --json
 
 clean:
 	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache
