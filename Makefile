@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lifelong tests bench
+	$(VENV)/bin/ruff format --check lifelong tests bench
 	$(VENV)/bin/mypy
 
 test: lint

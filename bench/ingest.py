@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -83,7 +82,7 @@ def ingest_rate(bootstrap: str, topic: str, count: int, state: Path) -> float:
             "LIFELONG_KAFKA__GROUP_ID": f"ingest-{time.time_ns()}",
             "LIFELONG_DATA__FEATURES": str(FEATURES),
             "LIFELONG_STATE__DIR": str(state),
-        **{k: v for k, v in os.environ.items() if k.startswith("LIFELONG_MEMORY__")},
+            **{k: v for k, v in os.environ.items() if k.startswith("LIFELONG_MEMORY__")},
         },
     )
     with ExitStack() as stack:
