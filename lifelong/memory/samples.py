@@ -180,6 +180,8 @@ class SampleStore:
                 # NORMAL is safe against process crashes in WAL mode; after a power loss the
                 # last transactions may be lost together with their offsets and are re-read.
                 connection.execute("PRAGMA synchronous=NORMAL")
+                # The id index takes inserts all over: keep its pages cached rather than re-read.
+                connection.execute("PRAGMA cache_size=-65536")
                 connection.executescript(_SCHEMA)
             _check_format(connection, path, create=not readonly)
         except sqlite3.DatabaseError as error:
