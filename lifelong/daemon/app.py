@@ -15,7 +15,7 @@ from typing import IO
 
 from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.remember import MemoryFeed
-from lifelong.errors import StateError
+from lifelong.errors import LifelongError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,10 @@ class Daemon:
                     break
         finally:
             self._state = RunState.STOPPING
-            self.ingestor.commit()
+            try:
+                self.ingestor.commit()
+            except LifelongError as error:  # the state holds the offsets; the group's copy can wait
+                log.warning("could not commit offsets to the consumer group at shutdown: %s", error)
             if self.feed is not None:
                 self.feed.maybe_snapshot(force=True)
             self._state = RunState.STOPPED

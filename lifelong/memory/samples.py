@@ -297,21 +297,14 @@ class SampleStore:
         relabeled = late = early = 0
         given: list[tuple[str, int]] = []
         for id, y, timestamp_ms in feedback:
-            cursor.execute(
-                "UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ? AND y IS NULL",
-                (y, id),
-            )
-            if cursor.rowcount:
-                late += 1
+            found = cursor.execute("SELECT y IS NULL FROM samples WHERE id = ?", (id,)).fetchone()
+            if found is not None:
+                cursor.execute("UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ?", (y, id))
                 given.append((id, y))
-                continue
-            cursor.execute(
-                "UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ?",
-                (y, id),
-            )
-            if cursor.rowcount:
-                relabeled += 1
-                given.append((id, y))
+                if found[0]:
+                    late += 1
+                else:
+                    relabeled += 1
                 continue
             cursor.execute(
                 "INSERT INTO early_feedback VALUES (?, ?, ?) ON CONFLICT (id) "
