@@ -255,7 +255,7 @@ def _fetch(outbox: Connection, inbox: Connection) -> None:
             try:
                 if consumer is None:
                     consumer = _connect(KafkaConsumer, KafkaTP, config)
-                    send("ready", *_starting_positions(consumer))
+                    send("ready", _starting_positions(consumer), {})
                     backoff = 0.5
                 mine = consumer.assignment()
                 while inbox.poll(0 if mine else _IDLE_POLL_MS / 1000):
@@ -351,13 +351,10 @@ def _connect(consumer_class: Any, tp_class: Any, config: dict[str, Any]) -> Any:
     return consumer
 
 
-def _starting_positions(
-    consumer: Any,
-) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+def _starting_positions(consumer: Any) -> dict[TopicPartition, int]:
     # No end offsets here: only a fetch response's high watermark is trusted for the end
     # (the embedded broker's ListOffsets answers the last batch's base offset + 1).
-    positions = {TopicPartition(k.topic, k.partition): consumer.position(k) for k in consumer.assignment()}
-    return positions, {}
+    return {TopicPartition(k.topic, k.partition): consumer.position(k) for k in consumer.assignment()}
 
 
 class KafkaDeadLetterSink:

@@ -49,7 +49,8 @@ class Bag:
 
     def choice(self, rng: np.random.Generator) -> int:
         """One member, uniformly."""
-        return self._items[int(rng.integers(len(self._items)))]
+        # random() * n: a scalar integers() call costs several times more, once per eviction.
+        return self._items[int(rng.random() * len(self._items))]
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray[Any, Any]:
         """``n`` distinct members (all of them if fewer), uniformly."""
