@@ -18,7 +18,7 @@ from typing import Any
 
 from lifelong.config import Settings, load_settings
 from lifelong.connectors.broker import EmbeddedBroker
-from lifelong.daemon.wiring import build_daemon, client_options, open_store
+from lifelong.daemon.wiring import build_daemon, client_options, memory_status, open_memory, open_store
 from lifelong.events import encode_feedback, encode_sample
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,26 @@ def _burst(settings: Settings) -> dict[str, Any]:
         daemon.run(burst=True)
         print(f"  {daemon.summary()}")
     with open_store(settings, readonly=True) as store:
-        return store.status().as_dict()
+        status = store.status().as_dict()
+    status["memory"] = memory_status(settings)
+    return status
+
+
+def _show_memory(settings: Settings) -> None:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    memory = open_memory(settings)
+    try:
+        replay = memory.sample(200, balanced=True)
+        digits = load_digits().data[:200] / 16.0
+        noise = np.random.default_rng(0).random((200, digits.shape[1]))
+        print(f"   a balanced replay batch of {len(replay.ids)}: {np.bincount(replay.y).tolist()} per class")
+        known, unknown = memory.novelty(digits), memory.novelty(noise)
+        print(f"   novelty of known digits {known:.2f}, of random noise {unknown:.2f}")
+        print("   (1.0: as familiar as the memory is to itself)")
+    finally:
+        memory.close()
 
 
 def run_demo(state_dir: Path = Path("demo-state")) -> dict[str, Any]:
@@ -104,4 +123,6 @@ def run_demo(state_dir: Path = Path("demo-state")) -> dict[str, Any]:
         raise RuntimeError("the second burst changed the state")
     print("5. lifelong status --json")
     print(json.dumps(second, indent=2))
+    print("6. the rehearsal memory")
+    _show_memory(settings)
     return second
