@@ -116,11 +116,17 @@ def test_restore_discards_what_came_after_the_snapshot(tmp_path: Path) -> None:
 
 def test_memory_grows_past_its_training_size(tmp_path: Path) -> None:
     memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=12_000, policy="diversity")
-    for ids, x, y in batches(np.random.default_rng(6), 13, 1000):
+    stream = list(batches(np.random.default_rng(6), 15, 1000))
+    for ids, x, y in stream[:13]:
         memory.add(ids, x, y)
     assert memory.size == 12_000
     memory.snapshot()
     restored = RehearsalMemory(tmp_path, features=FEATURES, capacity=12_000, policy="diversity")
+    assert contents(restored) == contents(memory)
+    for ids, x, y in stream[13:]:  # evictions from the most crowded region, identically
+        memory.add(ids, x, y)
+        restored.add(ids, x, y)
+    assert memory.counters["evicted"] > 0
     assert contents(restored) == contents(memory)
     assert len(restored.neighbors(np.zeros((2, FEATURES)), 10).ids) >= 10
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from lifelong.errors import StateError
 from lifelong.memory.bags import Bag, Bags
-from lifelong.memory.index import VectorIndex, exact_knn, training_size
+from lifelong.memory.index import VectorIndex, exact_knn, ivf_lists, training_size
 from lifelong.memory.payloads import PayloadLog
 from lifelong.memory.snapshot import SnapshotDir
 
@@ -124,6 +124,8 @@ class RehearsalMemory:
         self._occupied = Bag()
         self._classes = Bags()
         self._regions = Bags()
+        # Members per region, kept beside the bags: argmax over ~sqrt(capacity) regions per eviction.
+        self._crowding = np.zeros(ivf_lists(cap), dtype=np.int64)
         self._free = list(range(cap - 1, -1, -1))
         self._seen = 0
         self._seen_by_class: Counter[int] = Counter()
@@ -248,7 +250,9 @@ class RehearsalMemory:
         if self._index.trained and self.policy == "diversity" and regions is not None:
             self._region[slots] = regions
             for region in np.unique(regions).tolist():
-                self._regions.extend(region, slots[regions == region].tolist())
+                members = slots[regions == region].tolist()
+                self._regions.extend(region, members)
+                self._crowding[region] += len(members)
         first = self._log.append(x)
         self._row[slots] = np.arange(first, first + count)
         self._index.add(keys, slots)
@@ -266,6 +270,7 @@ class RehearsalMemory:
         if self._index.trained and self.policy == "diversity":
             self._region[slot] = region
             self._regions.add(region, slot)
+            self._crowding[region] += 1
 
     def _vacate(self, slot: int) -> None:
         id = self._ids[slot]
@@ -277,6 +282,7 @@ class RehearsalMemory:
         self._classes.discard(int(self._y[slot]), slot)
         if self._index.trained and self.policy == "diversity":
             self._regions.discard(int(self._region[slot]), slot)
+            self._crowding[self._region[slot]] -= 1
         self._y[slot] = -1
 
     def _victim(self, label: int, key: np.ndarray[Any, Any]) -> int | None:
@@ -294,8 +300,7 @@ class RehearsalMemory:
             if rng.random() >= len(own) / self._seen_by_class[label]:
                 return None
             return int(own.choice(rng))
-        crowded = self._regions.largest() if self._index.trained else None
-        bag = self._regions[crowded] if crowded is not None else self._occupied
+        bag = self._regions[int(np.argmax(self._crowding))] if self._index.trained else self._occupied
         return int(bag.choice(rng))
 
     def _near_duplicates(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -350,6 +355,7 @@ class RehearsalMemory:
             regions = self._index.regions(self._keys[slots])
             self._region[slots] = regions
             self._regions = Bags.of(regions, slots)
+            self._crowding = np.bincount(regions, minlength=len(self._crowding)).astype(np.int64)
 
     def relabel(self, ids: list[str], y: list[int]) -> int:
         """Give stored samples a new label (later feedback); return how many were stored."""
@@ -517,6 +523,8 @@ class RehearsalMemory:
             self._free = bags["free"].tolist()
             self._classes = Bags.unpack(*(bags[f"class_{k}"] for k in ("keys", "sizes", "items")))
             self._regions = Bags.unpack(*(bags[f"region_{k}"] for k in ("keys", "sizes", "items")))
+            self._crowding[:] = 0
+            self._crowding[bags["region_keys"]] = bags["region_sizes"]
         self._slot_of = dict(zip(self._ids, range(self.capacity), strict=True))  # type: ignore[arg-type]
         self._slot_of.pop(None, None)  # type: ignore[call-overload]
         self._seen = manifest["seen"]
