@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
 import numpy as np
 
 from lifelong.errors import StateError
+from lifelong.memory import layout
 from lifelong.memory.bags import Bag, Bags
 from lifelong.memory.index import VectorIndex, exact_knn, ivf_lists, training_size
 from lifelong.memory.payloads import PayloadLog
@@ -439,18 +439,8 @@ class RehearsalMemory:
         stale = self._compact() if self._log.rows > 2 * self.capacity else None
         self._log.sync()
         with self._snapshots.begin() as draft:
-            np.save(draft.path / "keys.npy", self._keys, allow_pickle=False)
-            np.savez(draft.path / "slots.npz", y=self._y, ts=self._ts, row=self._row, region=self._region)
-            (draft.path / "ids.json").write_bytes(msgspec.json.encode(self._ids))
-            bags: dict[str, Any] = {
-                "occupied": self._occupied.array(),
-                "free": np.asarray(self._free, dtype=np.int64),
-                **{f"class_{k}": v for k, v in self._classes.pack().items()},
-                **{f"region_{k}": v for k, v in self._regions.pack().items()},
-            }
-            np.savez(draft.path / "bags.npz", **bags)
-            self._index.write(draft.path / "index.faiss")
-            published = draft.commit(self._manifest())
+            manifest = layout.write(self, draft.path)
+            published = draft.commit(manifest)
         if stale is not None:
             stale.unlink(missing_ok=True)
         if self._forgotten_since_snapshot:  # older snapshots still name the forgotten ids
@@ -474,26 +464,6 @@ class RehearsalMemory:
         old.close()
         return old.path
 
-    def _manifest(self) -> dict[str, Any]:
-        return {
-            "capacity": self.capacity,
-            "features": self.features,
-            "dtype": self.dtype.str,
-            "policy": self.policy,
-            "key_dim": self.dim,
-            "seed": self.seed,
-            "payload_generation": self._generation,
-            "payload_rows": self._log.rows,
-            "seen": self._seen,
-            "seen_by_class": {str(k): v for k, v in self._seen_by_class.items()},
-            "rng": self._rng.bit_generator.state,
-            "scale": [self._scale_cache, self._scale_size],
-            "offsets": self.offsets,
-            "counters": dict(self.counters),
-            "size": self.size,
-            "classes": {str(k): v for k, v in self.classes().items()},
-        }
-
     def restore(self) -> bool:
         """Load the current snapshot, if there is one; return whether one was loaded."""
         loaded = self._snapshots.load()
@@ -501,38 +471,15 @@ class RehearsalMemory:
             self._log.truncate(0)  # rows of a run that crashed before its first snapshot
             return False
         manifest, path = loaded
-        for key in ("capacity", "features", "key_dim", "seed", "dtype"):
-            mine = self.dtype.str if key == "dtype" else getattr(self, {"key_dim": "dim"}.get(key, key))
+        for key, mine in layout.settings_of(self).items():
             if manifest[key] != mine:
                 raise StateError(
                     f"rehearsal memory snapshot {path} has {key}={manifest[key]!r}, the configuration "
-                    f"{mine!r}: restore the old setting or move "
-                    f"{self.directory} aside to start the memory empty"
+                    f"{mine!r}: restore the old setting or move {self.directory} aside to start it empty"
                 )
         self._log.close()
         self._reset(generation=manifest["payload_generation"])
-        self._log.truncate(manifest["payload_rows"])
-        self._keys = np.load(path / "keys.npy", allow_pickle=False)
-        with np.load(path / "slots.npz", allow_pickle=False) as arrays:
-            self._y, self._ts, self._row, self._region = (arrays[k] for k in ("y", "ts", "row", "region"))
-        self._ids = msgspec.json.decode((path / "ids.json").read_bytes(), type=list[str | None])
-        self._index.read(path / "index.faiss")
-        with np.load(path / "bags.npz", allow_pickle=False) as bags:
-            self._occupied = Bag()
-            self._occupied.extend(bags["occupied"].tolist())
-            self._free = bags["free"].tolist()
-            self._classes = Bags.unpack(*(bags[f"class_{k}"] for k in ("keys", "sizes", "items")))
-            self._regions = Bags.unpack(*(bags[f"region_{k}"] for k in ("keys", "sizes", "items")))
-            self._crowding[:] = 0
-            self._crowding[bags["region_keys"]] = bags["region_sizes"]
-        self._slot_of = dict(zip(self._ids, range(self.capacity), strict=True))  # type: ignore[arg-type]
-        self._slot_of.pop(None, None)  # type: ignore[call-overload]
-        self._seen = manifest["seen"]
-        self._seen_by_class = Counter({int(k): v for k, v in manifest["seen_by_class"].items()})
-        self._rng.bit_generator.state = manifest["rng"]
-        self._scale_cache, self._scale_size = manifest["scale"]
-        self.offsets = manifest["offsets"]
-        self.counters = Counter(manifest["counters"])
+        layout.read(self, path, manifest)
         return True
 
     def flush(self) -> None:
