@@ -114,6 +114,21 @@ def test_restore_discards_what_came_after_the_snapshot(tmp_path: Path) -> None:
     assert contents(restored) == expected
 
 
+def test_compaction_keeps_contents_and_drops_old_payload_logs(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=100)
+    for ids, x, y in batches(np.random.default_rng(13), 6, 100):
+        memory.add(ids, x, y)  # 600 rows written for 100 slots
+    expected = contents(memory)
+    (tmp_path / "payload-7.bin").write_bytes(b"left by a crash")
+    memory.snapshot()
+    assert contents(memory) == expected
+    assert sorted(p.name for p in tmp_path.glob("payload-*.bin")) == ["payload-1.bin", "payload-7.bin"]
+    restored = RehearsalMemory(tmp_path, features=FEATURES, capacity=100)
+    assert contents(restored) == expected
+    assert [p.name for p in tmp_path.glob("payload-*.bin")] == ["payload-1.bin"]
+    assert (tmp_path / "payload-1.bin").stat().st_size == 100 * FEATURES * 4
+
+
 def test_memory_grows_past_its_training_size(tmp_path: Path) -> None:
     memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=12_000, policy="diversity")
     stream = list(batches(np.random.default_rng(6), 15, 1000))

@@ -480,6 +480,9 @@ class RehearsalMemory:
         self._log.close()
         self._reset(generation=manifest["payload_generation"])
         layout.read(self, path, manifest)
+        for other in self.directory.glob("payload-*.bin"):  # a crash mid-compaction leaves one behind
+            if other != self._log.path:
+                other.unlink(missing_ok=True)
         return True
 
     def flush(self) -> None:
