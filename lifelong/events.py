@@ -181,7 +181,8 @@ class Decoder:
             wire, x, dtype = self._sample(value)
         except _Invalid as invalid:
             return invalid.rejection
-        return Sample(id=wire.id, x=np.frombuffer(x, dtype=dtype), y=wire.y, ts=wire.ts, meta=wire.meta)
+        x_array = np.frombuffer(x, dtype=dtype).copy()  # writable, like any array a caller builds
+        return Sample(id=wire.id, x=x_array, y=wire.y, ts=wire.ts, meta=wire.meta)
 
     def decode_sample_row(self, value: bytes | None) -> SampleRow | Rejection:
         """Decode one samples-topic message straight into its storage row (the ingestion path)."""
