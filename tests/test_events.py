@@ -37,7 +37,7 @@ def test_valid_sample_keeps_fields() -> None:
     assert event.meta == {"src": "web"}
     assert event.x.dtype == np.float32
     assert event.x.tolist() == [0.0, 1.0, 2.5, -3.0]
-    event.x /= 2  # callers may normalize in place
+    np.divide(event.x, 2, out=event.x)  # callers may normalize in place
     assert event.x.tolist() == [0.0, 0.5, 1.25, -1.5]
 
 
