@@ -96,7 +96,7 @@ def test_waiting_is_bounded(tmp_path: Path) -> None:
 def test_failed_batch_leaves_store_and_offsets_unchanged(store: SampleStore) -> None:
     store.apply(batch(Sample("a", X), positions={("s", 0): 1}))
     broken = batch(Sample("b", X, 1), positions={("s", 0): 2})
-    broken.dead_letters = Counter({"dead_letters:x": 1})
+    broken.dead_letters = Counter({"not_json": 1})
     broken.samples.append(("c", b"", "<f4", 1, None, None, "s", 0, 5))  # type: ignore[arg-type]
     with pytest.raises(sqlite3.ProgrammingError):
         store.apply(broken)

@@ -84,7 +84,7 @@ class Ingestor:
                     for row, i in zip(decoded.rows, decoded.positions, strict=True)
                 )
             for i, reason, detail in decoded.rejections:
-                batch.dead_letters[f"dead_letters:{reason}"] += 1
+                batch.dead_letters[reason] += 1
                 source = (topic, partition, offsets[i])
                 if source in self._already_sent:
                     self._already_sent.discard(source)

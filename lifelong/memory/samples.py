@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 FORMAT = 2
 DATABASE = "samples.sqlite"
 
+_DEAD_LETTERS = "dead_letters:"  # counter name prefix, one counter per reason
+
 Position = tuple[str, int]
 """A (topic, partition) pair."""
 
@@ -91,7 +93,7 @@ class IngestBatch:
 
     samples: list[StoredSample] = field(default_factory=list)
     feedback: list[StoredFeedback] = field(default_factory=list)
-    dead_letters: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)  # by reason
     positions: dict[Position, int] = field(default_factory=dict)
     dead_letter_positions: dict[int, int] = field(default_factory=dict)
 
@@ -221,7 +223,7 @@ class SampleStore:
             stored, duplicates, labeled_late = self._insert_samples(batch.samples)
             relabeled, late, early = self._apply_feedback(batch.feedback)
             expired_samples, expired_feedback = self._expire(batch)
-            self._bump(batch.dead_letters)
+            self._bump({f"{_DEAD_LETTERS}{reason}": n for reason, n in batch.dead_letters.items()})
             self._bump(
                 {
                     "duplicates": duplicates,
@@ -383,9 +385,9 @@ class SampleStore:
         samples = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
         counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
         by_reason = {
-            name[len("dead_letters:") :]: value
+            name[len(_DEAD_LETTERS) :]: value
             for name, value in counters.items()
-            if name.startswith("dead_letters:")
+            if name.startswith(_DEAD_LETTERS)
         }
         return StoreStatus(
             samples=samples,
@@ -394,7 +396,7 @@ class SampleStore:
             early_feedback=int(db.execute("SELECT COUNT(*) FROM early_feedback").fetchone()[0]),
             dead_letters=sum(by_reason.values()),
             dead_letters_by_reason=dict(sorted(by_reason.items())),
-            counters={k: v for k, v in sorted(counters.items()) if not k.startswith("dead_letters:")},
+            counters={k: v for k, v in sorted(counters.items()) if not k.startswith(_DEAD_LETTERS)},
             offsets={
                 f"{topic}:{partition}": offset
                 for (topic, partition), offset in sorted(self.positions().items())
