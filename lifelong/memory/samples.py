@@ -16,7 +16,8 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,8 +219,7 @@ class SampleStore:
     def apply(self, batch: IngestBatch) -> Applied:
         """Store a batch and its offsets atomically; return what changed."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             stored, duplicates, labeled_late = self._insert_samples(batch.samples)
             relabeled, late, early = self._apply_feedback(batch.feedback)
             expired_samples, expired_feedback = self._expire(batch)
@@ -242,11 +242,6 @@ class SampleStore:
                 "DO UPDATE SET next_offset = excluded.next_offset",
                 batch.dead_letter_positions.items(),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._load_caches()
-            raise
         return Applied(
             stored,
             duplicates,
@@ -256,6 +251,18 @@ class SampleStore:
             expired_samples,
             expired_feedback,
         )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction; on any failure it rolls back and the in-memory caches are reloaded."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._load_caches()
+            raise
 
     def _insert_samples(self, samples: list[StoredSample]) -> tuple[int, int, int]:
         db = self._db
@@ -383,6 +390,7 @@ class SampleStore:
         """Counts of samples, labels, waiting halves, dead letters, and the offsets held."""
         db = self._db
         samples = int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+        waiting = self._count_waiting()
         counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
         by_reason = {
             name[len(_DEAD_LETTERS) :]: value
@@ -391,8 +399,8 @@ class SampleStore:
         }
         return StoreStatus(
             samples=samples,
-            labeled=samples - self._count_waiting(),
-            waiting=self._count_waiting(),
+            labeled=samples - waiting,
+            waiting=waiting,
             early_feedback=int(db.execute("SELECT COUNT(*) FROM early_feedback").fetchone()[0]),
             dead_letters=sum(by_reason.values()),
             dead_letters_by_reason=dict(sorted(by_reason.items())),
@@ -424,24 +432,17 @@ class SampleStore:
         """Delete samples, early labels and label events by id, bytes overwritten; return the ids found."""
         db = self._db
         db.execute("PRAGMA secure_delete = ON")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             found = [id for id in ids if db.execute("SELECT 1 FROM samples WHERE id = ?", (id,)).fetchone()]
             for table in ("samples", "early_feedback", "label_events"):
                 db.executemany(f"DELETE FROM {table} WHERE id = ?", [(id,) for id in ids])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL may still hold the old pages
         self._load_caches()
         return found
 
-    def labeled(self, *, limit: int | None = None) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:
+    def labeled(self) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:
         """Labeled samples in arrival order as (id, x, y)."""
         query = "SELECT id, x, dtype, y FROM samples WHERE y IS NOT NULL ORDER BY seq"
-        if limit is not None:
-            query += f" LIMIT {int(limit)}"
         for id, x, dtype, y in self._db.execute(query):
             yield id, np.frombuffer(x, dtype=np.dtype(dtype)), int(y)
 
