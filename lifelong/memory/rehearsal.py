@@ -171,34 +171,52 @@ class RehearsalMemory:
         y = np.asarray(y, dtype=np.int64)
         x = np.asarray(x).reshape(-1, self.features)
         ts = np.zeros(len(ids), dtype=np.int64) if ts is None else np.asarray(ts, dtype=np.int64)
-        fresh = [i for i, id in enumerate(ids) if id not in self._slot_of]
-        seen_ids: set[str] = set()
-        fresh = [i for i in fresh if not (ids[i] in seen_ids or seen_ids.add(ids[i]))]  # type: ignore[func-returns-value]
-        if len(fresh) < len(ids):  # copy only when some rows drop out
-            x, y, ts, ids = x[fresh], y[fresh], ts[fresh], [ids[i] for i in fresh]
-            fresh = list(range(len(ids)))
-        keys = self.keys_of(x) if fresh else np.zeros((0, self.dim), np.float32)
-        duplicates = self._near_duplicates(keys) if self.policy == "diversity" else np.zeros(len(fresh), bool)
+        first: dict[str, int] = {}  # new ids, each at its first position in the batch
+        for i, id in enumerate(ids):
+            if id not in self._slot_of:
+                first.setdefault(id, i)
+        if len(first) < len(ids):  # copy only when some rows drop out
+            keep = list(first.values())
+            x, y, ts, ids = x[keep], y[keep], ts[keep], list(first)
+        keys = self.keys_of(x) if ids else np.zeros((0, self.dim), np.float32)
+        duplicates = self._near_duplicates(keys) if self.policy == "diversity" else np.zeros(len(ids), bool)
         # Regions only steer the diversity policy's evictions.
         regions = self._index.regions(keys) if self._index.trained and self.policy == "diversity" else None
         near = int(duplicates.sum())
-        if len(fresh) - near <= len(self._free):
+        if len(ids) - near <= len(self._free):
             self._fill(ids, x, y, ts, duplicates, keys, regions)
-            self._seen += len(fresh)
+            self._seen += len(ids)
             self._seen_by_class.update(y.tolist())
-            self.counters.update(stored=len(fresh) - near, near_duplicates=near)
-            if not self._index.trained and self.size >= training_size(self.capacity):
-                self._train()
-            return Added(stored=len(fresh) - near, evicted=0, skipped=0, near_duplicates=near)
-        placed: dict[int, int] = {}  # slot -> position in `fresh` of its final occupant
+            evicted = skipped = 0
+        else:  # counts what it has seen one by one: the policy draws against those counts
+            evicted, skipped = self._place(ids, x, y, ts, duplicates, keys, regions)
+        stored = len(ids) - near - skipped
+        self.counters.update(stored=stored, evicted=evicted, near_duplicates=near, skipped=skipped)
+        if not self._index.trained and self.size >= training_size(self.capacity):
+            self._train()
+        return Added(stored=stored, evicted=evicted, skipped=skipped, near_duplicates=near)
+
+    def _place(
+        self,
+        ids: list[str],
+        x: np.ndarray[Any, Any],
+        y: np.ndarray[Any, Any],
+        ts: np.ndarray[Any, Any],
+        duplicates: np.ndarray[Any, Any],
+        keys: np.ndarray[Any, Any],
+        regions: np.ndarray[Any, Any] | None,
+    ) -> tuple[int, int]:
+        """One by one, as the policy decides (the memory is full); return (evicted, skipped)."""
+        placed: dict[int, int] = {}  # slot -> batch position of its final occupant
         replaced: set[int] = set()  # slots whose occupant from before this batch leaves
         skipped = evicted = 0
-        for n, i in enumerate(fresh):
+        for n in range(len(ids)):
+            label = int(y[n])
             self._seen += 1
-            self._seen_by_class[int(y[i])] += 1
+            self._seen_by_class[label] += 1
             if duplicates[n]:
                 continue
-            slot = self._free.pop() if self._free else self._victim(int(y[i]), keys[n])
+            slot = self._free.pop() if self._free else self._victim(label)
             if slot is None:
                 skipped += 1
                 continue
@@ -207,16 +225,16 @@ class RehearsalMemory:
                     replaced.add(slot)
                 self._vacate(slot)
                 evicted += 1
-            self._occupy(
-                slot, ids[i], int(y[i]), int(ts[i]), keys[n], 0 if regions is None else int(regions[n])
-            )
+            self._occupy(slot, ids[n], label, int(ts[n]), keys[n], 0 if regions is None else int(regions[n]))
             placed[slot] = n
-        self._write(placed, replaced, fresh, x)
-        stored = len(fresh) - near - skipped
-        self.counters.update(stored=stored, evicted=evicted, near_duplicates=near, skipped=skipped)
-        if not self._index.trained and self.size >= training_size(self.capacity):
-            self._train()
-        return Added(stored=stored, evicted=evicted, skipped=skipped, near_duplicates=near)
+        if replaced:
+            self._index.remove(np.fromiter(replaced, dtype=np.int64))
+        if placed:
+            slots = np.fromiter(placed.keys(), dtype=np.int64)
+            first = self._log.append(x[list(placed.values())])
+            self._row[slots] = np.arange(first, first + len(slots))
+            self._index.add(self._keys[slots], slots)
+        return evicted, skipped
 
     def _fill(
         self,
@@ -285,7 +303,7 @@ class RehearsalMemory:
             self._crowding[self._region[slot]] -= 1
         self._y[slot] = -1
 
-    def _victim(self, label: int, key: np.ndarray[Any, Any]) -> int | None:
+    def _victim(self, label: int) -> int | None:
         rng = self._rng
         if self.policy == "reservoir":
             if rng.random() >= self.capacity / self._seen:
@@ -334,19 +352,6 @@ class RehearsalMemory:
         if self.size >= 64:
             self._scale_cache, self._scale_size = scale, self.size
         return scale
-
-    def _write(
-        self, placed: dict[int, int], replaced: set[int], fresh: list[int], x: np.ndarray[Any, Any]
-    ) -> None:
-        if replaced:
-            self._index.remove(np.fromiter(replaced, dtype=np.int64))
-        if not placed:
-            return
-        slots = np.fromiter(placed.keys(), dtype=np.int64)
-        rows = [fresh[n] for n in placed.values()]
-        first = self._log.append(x[rows])
-        self._row[slots] = np.arange(first, first + len(slots))
-        self._index.add(self._keys[slots], slots)
 
     def _train(self) -> None:
         slots = self._occupied.array()
