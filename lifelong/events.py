@@ -282,12 +282,6 @@ class Decoded(NamedTuple):
     rejections: list[tuple[int, str, str]]  # (record index, reason, detail)
 
 
-def sample_row(sample: Sample) -> SampleRow:
-    """The storage row of ``sample``."""
-    meta = None if sample.meta is None else msgspec.json.encode(sample.meta).decode()
-    return (sample.id, sample.x.tobytes(), sample.x.dtype.str, sample.y, sample.ts, meta)
-
-
 class TopicDecoder:
     """Decodes a batch of one topic's records into rows; picklable, so fetcher processes can run it.
 
@@ -399,5 +393,4 @@ __all__ = [
     "TopicDecoder",
     "encode_feedback",
     "encode_sample",
-    "sample_row",
 ]

@@ -6,7 +6,8 @@ import json
 import random
 from collections.abc import Iterator
 
-from lifelong.events import encode_feedback, encode_sample
+from lifelong.events import Sample, encode_feedback, encode_sample
+from lifelong.memory.samples import StoredSample
 
 FEATURES = 64
 MAX_CLASSES = 10
@@ -72,3 +73,22 @@ def expected_reasons(seed: int = 0, malformed: int = 200) -> dict[str, int]:
         reason = _malformed(rng, i)[2]
         counts[reason] = counts.get(reason, 0) + 1
     return counts
+
+
+def stored(
+    sample: Sample, topic: str = "s", partition: int = 0, offset: int = 0, timestamp_ms: int = 0
+) -> StoredSample:
+    """The row the sample store keeps for ``sample`` (as the decoder would make it), read at ``offset``."""
+    meta = None if sample.meta is None else json.dumps(sample.meta)
+    return (
+        sample.id,
+        sample.x.tobytes(),
+        sample.x.dtype.str,
+        sample.y,
+        sample.ts,
+        meta,
+        topic,
+        partition,
+        offset,
+        timestamp_ms,
+    )

@@ -11,7 +11,8 @@ from lifelong.daemon.remember import MemoryFeed
 from lifelong.errors import StateError
 from lifelong.events import Sample
 from lifelong.memory.rehearsal import RehearsalMemory
-from lifelong.memory.samples import IngestBatch, SampleStore, stored_sample
+from lifelong.memory.samples import IngestBatch, SampleStore
+from tests.streams import stored
 
 FEATURES = 4
 
@@ -24,7 +25,7 @@ def apply(store: SampleStore, *events) -> None:  # type: ignore[no-untyped-def]
     batch = IngestBatch()
     for event in events:
         if isinstance(event, Sample):
-            batch.samples.append(stored_sample(event, "s", 0, 0, 1000))
+            batch.samples.append(stored(event, "s", 0, 0, 1000))
         else:
             batch.feedback.append((*event, 1000))
     store.apply(batch)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from lifelong.errors import StateError
 from lifelong.events import Feedback, Sample
-from lifelong.memory.samples import FORMAT, IngestBatch, SampleStore, stored_sample
+from lifelong.memory.samples import FORMAT, IngestBatch, SampleStore
+from tests.streams import stored
 
 X = np.zeros(3, dtype=np.float32)
 
@@ -22,7 +23,7 @@ def batch(*events: Sample | Feedback, ts: int = 1_000, positions: dict | None = 
     out = IngestBatch(positions=positions or {})
     for offset, event in enumerate(events):
         if isinstance(event, Sample):
-            out.samples.append(stored_sample(event, "s", 0, offset, ts))
+            out.samples.append(stored(event, "s", 0, offset, ts))
         else:
             out.feedback.append((event.id, event.y, ts))
     return out

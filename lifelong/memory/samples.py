@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from lifelong.errors import StateError
-from lifelong.events import Sample, sample_row
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +78,6 @@ StoredSample = tuple[str, bytes, str, int | None, int | None, str | None, str, i
 
 StoredFeedback = tuple[str, int, int]
 """A :data:`~lifelong.events.FeedbackRow` plus its record's timestamp_ms."""
-
-
-def stored_sample(
-    sample: Sample, topic: str = "", partition: int = 0, offset: int = 0, timestamp_ms: int = 0
-) -> StoredSample:
-    """The stored form of ``sample`` read at ``topic:partition@offset``."""
-    return (*sample_row(sample), topic, partition, offset, timestamp_ms)
 
 
 @dataclass(slots=True)
