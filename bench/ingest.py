@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -83,7 +82,6 @@ def ingest_rate(bootstrap: str, topic: str, count: int, state: Path) -> float:
             "LIFELONG_KAFKA__GROUP_ID": f"ingest-{time.time_ns()}",
             "LIFELONG_DATA__FEATURES": str(FEATURES),
             "LIFELONG_STATE__DIR": str(state),
-            **{k: v for k, v in os.environ.items() if k.startswith("LIFELONG_MEMORY__")},
         },
     )
     with ExitStack() as stack:
