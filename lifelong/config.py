@@ -87,6 +87,63 @@ class MemorySettings(_Section):
     seed: int = 0
 
 
+class LearnerSettings(_Section):
+    """The model, how an update round trains it, and the gate a candidate must pass."""
+
+    enabled: bool = True
+    # A built-in ("mlp", "cnn") or "package.module:callable" taking (features, classes, **model_options).
+    model: str = Field("mlp", min_length=1)
+    model_options: dict[str, Any] = {}
+    # Warm start: a safetensors file whose tensors matching the model by name and shape are loaded.
+    init_weights: Path | None = None
+    # Parameter-name prefixes kept frozen (e.g. ["body."] trains only the output layer).
+    freeze: list[str] = []
+    device: str = "auto"
+    amp: bool = True
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    replay_batch_size: int = Field(32, ge=0)
+    epochs: int = Field(1, ge=1)
+    # asymmetric: new data's loss spans only its own classes, replay's every class seen (ER-ACE).
+    loss: Literal["asymmetric", "cross_entropy"] = "asymmetric"
+    # Avalanche plugins by name with their keyword arguments; online EWC by default.
+    plugins: dict[str, dict[str, Any]] = {"ewc": {}}
+    # An update round runs once this many new labels have arrived (and at the end of a burst).
+    min_new_labels: int = Field(1000, ge=1)
+    interval_s: float = Field(300.0, gt=0)
+    # Share of labeled samples (by a hash of the id) never trained on: the gate's held-out data.
+    holdout: float = Field(0.1, ge=0, lt=1)
+    # The most recent held-out samples the gate scores on.
+    recent: int = Field(1000, ge=1)
+    gate_recent_tolerance: float = Field(0.02, ge=0, le=1)
+    gate_memory_tolerance: float = Field(0.02, ge=0, le=1)
+    gate_min_samples: int = Field(20, ge=1)
+    # Standard errors of the paired difference added to the tolerances: noise on small sets is not a drop.
+    gate_z: float = Field(2.0, ge=0)
+    keep_versions: int = Field(20, ge=1)
+    seed: int = 0
+
+    def learner_options(self) -> dict[str, Any]:
+        """The ``AvalancheLearner`` keyword arguments these settings give."""
+        return {
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "batch_size": self.batch_size,
+            "replay_batch_size": self.replay_batch_size,
+            "epochs": self.epochs,
+            "loss": self.loss,
+            "plugins": self.plugins,
+            "device": self.device,
+            "amp": self.amp,
+            "seed": self.seed,
+        }
+
+
 class Settings(_Section):
     """Everything the daemon reads from its configuration."""
 
@@ -94,6 +151,7 @@ class Settings(_Section):
     data: DataSettings = DataSettings()
     state: StateSettings = StateSettings()
     memory: MemorySettings = MemorySettings()
+    learner: LearnerSettings = LearnerSettings()
 
 
 def load_settings(

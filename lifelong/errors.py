@@ -26,3 +26,7 @@ class MissingExtraError(LifelongError, ImportError):
         super().__init__(f"{module!r} is not installed: run pip install 'lifelong[{extra}]'")
         self.extra = extra
         self.module = module
+
+
+class VersionNotFoundError(LifelongError, LookupError):
+    """No model version has the number asked for; the message names it."""

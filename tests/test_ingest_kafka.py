@@ -168,9 +168,17 @@ def test_burst_stores_everything_once_and_dead_letters_the_rest(setup) -> None: 
     sources = {source_of(letter.headers) for letter in letters}
     assert len(sources) == 200 and all(s is not None and s[0] in (run.samples, run.feedback) for s in sources)
 
+    # The burst ended with an update round: the first version, trained on what was labeled.
+    assert "promoted=1 rejected=0" in done.stderr
+    versions = json.loads(run.run("versions", "--json").stdout)
+    assert [v["status"] for v in versions] == ["champion"]
+    assert 800 < versions[0]["lineage"]["samples"] < 1000  # the held-out share is never trained on
+    assert versions[0]["lineage"]["offsets"] == status["offsets"]
+
     again = run.run("run", "--burst")
     assert again.returncode == 0, again.stderr
     assert run.status() == status
+    assert len(json.loads(run.run("versions", "--json").stdout)) == 1  # no new labels, no new round
     assert len(run.dead_letters()) == 200
 
     forget = run.run("forget", "s1", "s2", "nobody")
@@ -189,21 +197,32 @@ def test_kill_9_three_times_changes_nothing(setup) -> None:  # type: ignore[no-u
     expected = reference.status()
 
     killed = setup("killed")
-    producer = threading.Thread(target=killed.produce, args=(events, 25, 0.1))
-    producer.start()
     rng = random.Random(7)
     env = {**os.environ, "LIFELONG_KAFKA__MAX_POLL_RECORDS": "25"}
     stored_at_kill = []
-    for _ in range(3):
-        daemon = subprocess.Popen(
-            [*CLI, "run", "--config", str(killed.config)], env=env, stderr=subprocess.DEVNULL
-        )
+    cut = len(events) // 3
+    thirds = [
+        events[:cut],
+        events[cut : 2 * cut],
+        events[2 * cut :],
+    ]  # in order: feedback order decides labels
+    for attempt, chunk in enumerate(thirds):
+        log = killed.state.parent / f"killed-{attempt}.log"
+        with open(log, "w") as stderr:
+            daemon = subprocess.Popen([*CLI, "run", "--config", str(killed.config)], env=env, stderr=stderr)
+        # Start-up (importing torch and Avalanche) takes seconds on a busy machine: produce and kill
+        # only once it ingests, so each kill lands mid-stream.
+        deadline = time.monotonic() + 120
+        while "running" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        producer = threading.Thread(target=killed.produce, args=(chunk, 25, 0.1))
+        producer.start()
         time.sleep(rng.uniform(1.5, 3.0))
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
+        producer.join()
         if killed.state.exists():
             stored_at_kill.append(killed.status()["samples"])
-    producer.join()
     # The kills must have landed mid-stream for this test to mean anything.
     assert any(0 < count < 1000 for count in stored_at_kill), stored_at_kill
     final = killed.run("run", "--burst", env=env)

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import IO
 
 from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.remember import MemoryFeed
+from lifelong.daemon.update import Updater
 from lifelong.errors import LifelongError, StateError
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,9 @@ class Daemon:
         ingestor: Ingestor,
         feed: MemoryFeed | None = None,
         feed_interval_s: float = 2.0,
+        updater: Updater | None = None,
+        update_interval_s: float = 300.0,
+        min_new_labels: int = 1000,
         poll_timeout_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -87,6 +92,11 @@ class Daemon:
         self.feed = feed
         self.feed_interval_s = feed_interval_s
         self._last_feed = clock()
+        self.updater = updater
+        self.update_interval_s = update_interval_s
+        self.min_new_labels = min_new_labels
+        self._last_update = clock()
+        self.updates: Counter[str] = Counter()
         self.poll_timeout_s = poll_timeout_s
         self.clock = clock
         self._state = RunState.STARTING
@@ -114,7 +124,9 @@ class Daemon:
                 if burst and not handled and self.ingestor.source.lag().drained:
                     if self.feed is not None:
                         self.feed.catch_up()
+                    self._update(due=True)
                     break
+                self._update(due=False)
         finally:
             self._state = RunState.STOPPING
             try:
@@ -133,6 +145,34 @@ class Daemon:
         self.feed.step()
         self.feed.maybe_snapshot()
 
+    def _update(self, *, due: bool) -> None:
+        """An update round when ``due`` (end of a burst) or when the interval has passed with enough labels.
+
+        Rounds run inline for now: ingestion waits while one trains.
+        """
+        if self.updater is None:
+            return
+        if not due:
+            if self.clock() - self._last_update < self.update_interval_s:
+                return
+            self._last_update = self.clock()
+            if self.updater.pending() < self.min_new_labels:
+                self.updater.load_champion()  # follow a rollback made from the command line
+                return
+        self._last_update = self.clock()
+        outcome = self.updater.run_round()
+        if outcome is None:
+            return
+        self.updates["promoted" if outcome.promoted else "rejected"] += 1
+        log.info(
+            "update round: version %d %s after %.1fs on %d samples (%s)",
+            outcome.version.version,
+            "promoted" if outcome.promoted else "rejected",
+            outcome.seconds,
+            outcome.samples,
+            outcome.version.reason,
+        )
+
     def summary(self) -> str:
         """One line of counters for the log at shutdown."""
         totals = self.ingestor.totals
@@ -147,4 +187,6 @@ class Daemon:
             "expired",
         )
         counts = " ".join(f"{name}={totals[name]}" for name in fields)
+        if self.updater is not None:
+            counts += f" promoted={self.updates['promoted']} rejected={self.updates['rejected']}"
         return f"stopped after {self.clock() - self._started_at:.1f}s: {counts}"

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
@@ -112,6 +113,43 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_versions(args: argparse.Namespace) -> int:
+    from lifelong.daemon.wiring import open_registry
+
+    versions = open_registry(_settings(args)).versions()
+    if args.json:
+        print(json.dumps([v.to_json() for v in versions], indent=2))
+        return 0
+    print(f"{'VERSION':>7}  {'STATUS':<11}  {'CREATED (UTC)':<19}  {'PARENT':>6}  SCORES / REASON")
+    for v in versions:
+        created = datetime.fromtimestamp(v.created_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        scores = " ".join(
+            f"{k}={v.scores[k]:.3f}" for k in ("candidate_recent", "candidate_memory") if k in v.scores
+        )
+        note = (v.rolled_back or {}).get("reason") if v.status == "rolled_back" else v.reason
+        parent = "-" if v.parent is None else str(v.parent)
+        print(f"{v.version:>7}  {v.status.value:<11}  {created:<19}  {parent:>6}  {scores}  {note or ''}")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from lifelong.daemon.wiring import open_registry
+
+    registry = open_registry(_settings(args))
+    before = registry.champion()
+    after = registry.rollback(args.version, reason=args.reason, trigger="manual")
+    print(
+        json.dumps(
+            {
+                "rolled_back": before.version if before else None,
+                "champion": after.version,
+                "reason": args.reason,
+            }
+        )
+    )
+    return 0
+
+
 def _cmd_broker(args: argparse.Namespace) -> int:
     from lifelong.connectors.broker import broker_command, free_port
 
@@ -182,6 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--config", "-c", help="TOML settings file")
     forget.add_argument("ids", nargs="+", metavar="ID", help="sample ids to forget")
     forget.set_defaults(handler=_cmd_forget)
+
+    versions = commands.add_parser(
+        "versions",
+        help="list the model versions and which one serves",
+        description="Every model version in the registry: status (champion, promoted, rejected, "
+        "rolled_back), creation time, parent and gate scores.",
+    )
+    versions.add_argument("--config", "-c", help="TOML settings file")
+    versions.add_argument("--json", action="store_true", help="print a JSON list")
+    versions.set_defaults(handler=_cmd_versions)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="serve the previous (or the named) promoted model version again",
+        description="Make an earlier promoted version the champion and mark the current one rolled back; "
+        "the daemon never promotes a rolled-back version again on its own. Safe while the daemon runs: "
+        "it follows within one update interval.",
+    )
+    rollback.add_argument("--config", "-c", help="TOML settings file")
+    rollback.add_argument("version", nargs="?", type=int, help="version to return to (default: the previous)")
+    rollback.add_argument("--reason", default="manual rollback", help="recorded with the rollback")
+    rollback.set_defaults(handler=_cmd_rollback)
 
     broker = commands.add_parser(
         "broker",

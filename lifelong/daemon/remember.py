@@ -42,12 +42,15 @@ class MemoryFeed:
         snapshot_interval_s: float = 60.0,
         batch_rows: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
+        retain_after: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.memory = memory
         self.snapshot_interval_s = snapshot_interval_s
         self.batch_rows = batch_rows
         self.clock = clock
+        # Another follower (the update rounds) may still need events the memory has consumed.
+        self.retain_after = retain_after
         self._last_snapshot = clock()
         self._dirty = False
         if self.position > store.last_label_event():
@@ -104,7 +107,8 @@ class MemoryFeed:
         if not self._dirty or (not force and self.clock() - self._last_snapshot < self.snapshot_interval_s):
             return False
         self.memory.snapshot()
-        self.store.trim_label_events(self.position)
+        upto = self.position if self.retain_after is None else min(self.position, self.retain_after())
+        self.store.trim_label_events(upto)
         self._last_snapshot = self.clock()
         self._dirty = False
         return True

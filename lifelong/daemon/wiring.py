@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,18 @@ from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaSource, ensure_t
 from lifelong.daemon.app import Daemon, StateLock
 from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.remember import MemoryFeed
+from lifelong.daemon.update import Updater
+from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
+from lifelong.learners.avalanche import AvalancheLearner
+from lifelong.learners.gate import Gate
+from lifelong.learners.models import build_model
+from lifelong.learners.trainer import Trainer
 from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.memory.snapshot import SnapshotDir
+from lifelong.registry import ModelRegistry
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -121,9 +129,87 @@ def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
         memory=memory,
         snapshot_interval_s=settings.memory.snapshot_interval_s,
         batch_rows=settings.memory.follow_batch,
+        retain_after=lambda: updater.cursor if updater is not None else feed.position,
     )
+    updater = (
+        build_updater(settings, store=store, memory=memory, feed=feed) if settings.learner.enabled else None
+    )
+    if updater is not None:
+        updater.load_champion()
     return Daemon(
         ingestor=Ingestor(source=source, sink=sink, store=store, decode=decode),
         feed=feed,
         feed_interval_s=settings.memory.follow_interval_s,
+        updater=updater,
+        update_interval_s=settings.learner.interval_s,
+        min_new_labels=settings.learner.min_new_labels,
+    )
+
+
+def open_registry(settings: Settings) -> ModelRegistry:
+    """The model registry in the state directory."""
+    return ModelRegistry(root=Path(settings.state.dir) / "models", keep_last=settings.learner.keep_versions)
+
+
+def build_learner(
+    settings: Settings, *, exclude_from_replay: Callable[[str], bool] | None = None
+) -> AvalancheLearner:
+    """A fresh learner as ``[learner]`` and ``[data]`` describe it."""
+    learner = settings.learner
+    model = build_model(
+        learner.model,
+        features=settings.data.features,
+        classes=settings.data.max_classes,
+        options=learner.model_options,
+        init_weights=learner.init_weights,
+        freeze=learner.freeze,
+    )
+    try:
+        return AvalancheLearner(
+            model=model,
+            classes=settings.data.max_classes,
+            exclude_from_replay=exclude_from_replay,
+            **learner.learner_options(),
+        )
+    except ValueError as error:  # the device, most likely
+        raise ConfigError(f"learner: {error}") from None
+
+
+def build_trainer(settings: Settings) -> Trainer:
+    """The trainer: candidates built from ``[learner]``, judged by its gate settings."""
+    learner = settings.learner
+    gate = Gate(
+        recent_tolerance=learner.gate_recent_tolerance,
+        memory_tolerance=learner.gate_memory_tolerance,
+        min_samples=learner.gate_min_samples,
+        z=learner.gate_z,
+    )
+    trainer = Trainer(
+        build=lambda: build_learner(settings, exclude_from_replay=trainer.held_out),
+        gate=gate,
+        holdout=learner.holdout,
+    )
+    trainer.build()  # a bad model, plugin or device fails at start, naming the key
+    return trainer
+
+
+def build_updater(
+    settings: Settings, *, store: SampleStore, memory: RehearsalMemory, feed: MemoryFeed | None
+) -> Updater:
+    """Update rounds over the store and memory, versions in the state directory's registry."""
+
+    def before_round() -> None:
+        if feed is not None:
+            feed.catch_up()
+            feed.maybe_snapshot(force=True)
+
+    return Updater(
+        trainer=build_trainer(settings),
+        store=store,
+        memory=memory,
+        registry=open_registry(settings),
+        features=settings.data.features,
+        recent=settings.learner.recent,
+        config=settings.learner.model_dump(mode="json"),
+        before_round=before_round,
     )

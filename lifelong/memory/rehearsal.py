@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -411,6 +412,11 @@ class RehearsalMemory:
         ]
         return self._replay(np.concatenate(parts))
 
+    def select(self, keep: Callable[[str], bool]) -> Replay:
+        """Every stored sample whose id ``keep`` accepts (the gate's held-out slice), in slot order."""
+        slots = [slot for slot, id in enumerate(self._ids) if id is not None and keep(id)]
+        return self._replay(np.asarray(slots, dtype=np.int64))
+
     def neighbors(self, x: np.ndarray[Any, Any], k: int = 10) -> Replay:
         """The stored samples nearest to each of ``x`` (k per input, duplicates removed)."""
         if not self.size:
@@ -468,6 +474,10 @@ class RehearsalMemory:
         self._log, self._generation = new, self._generation + 1
         old.close()
         return old.path
+
+    def current_snapshot(self) -> Path | None:
+        """The directory of the snapshot a restart would load, if any."""
+        return self._snapshots.current()
 
     def restore(self) -> bool:
         """Load the current snapshot, if there is one; return whether one was loaded."""

@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,6 +430,19 @@ class SampleStore:
                 db.executemany(f"DELETE FROM {table} WHERE id = ?", [(id,) for id in ids])
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL may still hold the old pages
         self._load_caches()
+        return found
+
+    def recent_labeled(
+        self, keep: Callable[[str], bool], *, limit: int, scan: int
+    ) -> list[tuple[str, np.ndarray[Any, Any], int]]:
+        """Up to ``limit`` of the newest labeled samples whose id ``keep`` accepts, of the newest ``scan``."""
+        query = "SELECT id, x, dtype, y FROM samples WHERE y IS NOT NULL ORDER BY seq DESC LIMIT ?"
+        found = []
+        for id, x, dtype, y in self._db.execute(query, (scan,)):
+            if keep(id):
+                found.append((id, np.frombuffer(x, dtype=np.dtype(dtype)), int(y)))
+                if len(found) >= limit:
+                    break
         return found
 
     def labeled(self) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:

@@ -13,42 +13,16 @@ import json
 import os
 import shutil
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 from lifelong.errors import StateError
+from lifelong.files import digest as _digest
+from lifelong.files import fsync_dir as _fsync_dir
+from lifelong.files import write_atomically as write_atomically  # re-exported for existing callers
 
 MANIFEST = "manifest.json"
 POINTER = "CURRENT"
-
-
-def _digest(path: Path) -> str:
-    # CRC-32 catches torn and bit-rotted files at disk speed; nothing here defends against tampering.
-    crc = 0
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 24):
-            crc = zlib.crc32(chunk, crc)
-    return f"crc32:{crc:08x}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the directory."""
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
 
 
 class SnapshotDir:

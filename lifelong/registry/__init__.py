@@ -1,1 +1,8 @@
-"""Model versions, promotion and rollback (issue 4)."""
+"""Model versions, promotion and rollback: every version kept, one champion serving, the way back."""
+
+from __future__ import annotations
+
+from lifelong.registry.base import LoadedVersion, ModelVersion, Status
+from lifelong.registry.store import ModelRegistry
+
+__all__ = ["LoadedVersion", "ModelRegistry", "ModelVersion", "Status"]

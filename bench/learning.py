@@ -1,0 +1,280 @@
+"""How well the learner learns without forgetting, against naive, Avalanche Replay and joint training.
+
+    python bench/learning.py --scenario split-fashion-mnist --memory 500 --json
+
+The stream arrives task by task in rounds of ``--round`` samples, each sample
+seen once as it arrives. ``lifelong`` runs exactly what the daemon runs: the
+rehearsal memory takes each round's samples, a candidate trains from the
+champion on them with replay from the memory and the configured plugins, and
+the evaluation gate promotes it or not. The baselines run the same model,
+optimizer, rounds and batches: ``naive`` (no replay, no plugins), Avalanche's
+own ``Replay`` strategy with a class-balanced buffer of the same size, and
+``joint`` (every task's data shuffled into one i.i.d. stream: the upper bound).
+
+Accuracies are fractions; ``accuracy_matrix[i][j]`` is the accuracy on task j's
+test set after task i, from the serving (champion) model. A PNG heat map of it
+is written to ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lifelong.benchmarks import SCENARIOS, Scenario, scenario
+from lifelong.config import LearnerSettings
+from lifelong.learners.avalanche import AvalancheLearner
+from lifelong.learners.base import Labeled, Learner, as_inputs
+from lifelong.learners.gate import Gate
+from lifelong.learners.models import build_model
+from lifelong.learners.trainer import Trainer
+from lifelong.memory.rehearsal import RehearsalMemory
+
+
+def learner(settings: LearnerSettings, sc: Scenario, **overrides: Any) -> AvalancheLearner:
+    options = settings.learner_options() | overrides
+    model = build_model(
+        settings.model, features=sc.features, classes=sc.classes, options=settings.model_options
+    )
+    return AvalancheLearner(model=model, classes=sc.classes, **options)
+
+
+def evaluate(model: Learner, sc: Scenario) -> list[float]:
+    return [float((model.predict(t.test_x) == t.test_y).mean()) for t in sc.tasks]
+
+
+def chunks(task: Any, size: int) -> list[Labeled]:
+    return [
+        Labeled(ids=task.ids[i : i + size], x=task.x[i : i + size], y=task.y[i : i + size])
+        for i in range(0, len(task.ids), size)
+    ]
+
+
+def run_lifelong(
+    sc: Scenario, settings: LearnerSettings, memory_size: int, round_size: int
+) -> dict[str, Any]:
+    trainer = Trainer(
+        build=lambda: learner(settings, sc, exclude_from_replay=trainer.held_out),
+        gate=Gate(
+            recent_tolerance=settings.gate_recent_tolerance,
+            memory_tolerance=settings.gate_memory_tolerance,
+            min_samples=settings.gate_min_samples,
+            z=settings.gate_z,
+        ),
+        holdout=settings.holdout,
+    )
+    dtype = sc.tasks[0].x.dtype
+    recent: collections.deque[tuple[str, np.ndarray[Any, Any], int]] = collections.deque(
+        maxlen=settings.recent
+    )
+    matrix, decisions = [], collections.Counter()
+    with tempfile.TemporaryDirectory() as directory:
+        memory = RehearsalMemory(
+            Path(directory), features=sc.features, capacity=memory_size, policy="class_balanced", dtype=dtype
+        )
+        for task in sc.tasks:
+            for new in chunks(task, round_size):
+                memory.add(new.ids, new.x, new.y)
+                _, held = trainer.split(new)
+                recent.extend(zip(held.ids, held.x, held.y.tolist(), strict=True))
+                slice_ = memory.select(trainer.held_out)
+                result = trainer.round(
+                    new,
+                    replay=memory,
+                    recent=_labeled(recent, sc.features, dtype),
+                    remembered=Labeled(ids=slice_.ids, x=slice_.x, y=slice_.y),
+                )
+                decisions["promoted" if result.verdict.promote else "rejected"] += 1
+                if result.verdict.promote:
+                    trainer.promote(result.candidate)
+            assert trainer.champion is not None
+            matrix.append(evaluate(trainer.champion, sc))
+        memory.close()
+    return {"matrix": matrix, "versions": dict(decisions)}
+
+
+def _labeled(rows: Any, features: int, dtype: Any) -> Labeled:
+    rows = list(rows)
+    if not rows:
+        return Labeled(ids=[], x=np.zeros((0, features), dtype), y=np.zeros(0, np.int64))
+    ids, x, y = zip(*rows, strict=True)
+    return Labeled(ids=list(ids), x=np.stack(x), y=np.asarray(y, np.int64))
+
+
+def run_naive(sc: Scenario, settings: LearnerSettings, round_size: int) -> dict[str, Any]:
+    model = learner(settings, sc, plugins={}, loss="cross_entropy")
+    matrix = []
+    for task in sc.tasks:
+        for new in chunks(task, round_size):
+            model.update(new)
+        matrix.append(evaluate(model, sc))
+    return {"matrix": matrix}
+
+
+def run_joint(sc: Scenario, settings: LearnerSettings, round_size: int) -> dict[str, Any]:
+    model = learner(settings, sc, plugins={}, loss="cross_entropy")
+    ids = [id for t in sc.tasks for id in t.ids]
+    x = np.concatenate([t.x for t in sc.tasks])
+    y = np.concatenate([t.y for t in sc.tasks])
+    order = np.random.default_rng(0).permutation(len(ids))
+    for start in range(0, len(order), round_size):
+        rows = order[start : start + round_size]
+        model.update(Labeled(ids=[ids[r] for r in rows], x=x[rows], y=y[rows]))
+    final = evaluate(model, sc)
+    return {"matrix": [final]}
+
+
+def run_avalanche_replay(
+    sc: Scenario, settings: LearnerSettings, memory_size: int, round_size: int
+) -> dict[str, Any]:
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+
+    # Avalanche builds its own tensor datasets with this (icarl.py, ctrl.py) and exports it.
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer
+
+    # The same model, optimizer and batches, through Avalanche's stock strategy.
+    shell = learner(settings, sc, plugins={}, loss="cross_entropy")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin()
+    # Avalanche's Replay strategy is Naive + ReplayPlugin; built so, its buffer can be class-balanced.
+    replay = ReplayPlugin(
+        mem_size=memory_size,
+        batch_size_mem=settings.replay_batch_size,
+        storage_policy=ClassBalancedBuffer(max_size=memory_size, adaptive_size=True),
+    )
+    strategy = Naive(
+        model=shell.model,
+        optimizer=shell._optimizer,
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=settings.batch_size,
+        train_epochs=settings.epochs,
+        eval_mb_size=256,
+        device=shell.device,
+        plugins=[replay],
+        evaluator=evaluator,
+        eval_every=-1,
+    )
+    matrix, count = [], 0
+    for task in sc.tasks:
+        for new in chunks(task, round_size):
+            shell._seen[torch.from_numpy(new.y)] = True
+            data = tensor_dataset(as_inputs(new.x), torch.from_numpy(new.y), task_labels=0)
+            strategy.train(benchmark_from_datasets(train=[data]).train_stream[0])
+            count += 1
+        matrix.append(evaluate(shell, sc))
+    return {"matrix": matrix}
+
+
+def forgetting(matrix: list[list[float]]) -> float:
+    """Mean over all but the last task of (best accuracy ever - final accuracy)."""
+    if len(matrix) < 2:
+        return 0.0
+    m = np.asarray(matrix)
+    return float(np.mean([m[: len(m), j].max() - m[-1, j] for j in range(m.shape[1] - 1)]))
+
+
+def heat_map(matrix: list[list[float]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * m.shape[1], 1 + 0.5 * m.shape[0]))
+    image = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+    for (i, j), value in np.ndenumerate(m):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="w" if value < 0.6 else "k")
+    ax.set_xlabel("evaluated on task")
+    ax.set_ylabel("after training task")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenario", choices=SCENARIOS, default="split-digits")
+    parser.add_argument("--memory", type=int, default=500, help="rehearsal memory capacity (samples)")
+    parser.add_argument(
+        "--round", type=int, default=None, help="samples per update round (default: learner.min_new_labels)"
+    )
+    parser.add_argument(
+        "--per-task", type=int, default=None, help="at most this many training samples per task"
+    )
+    parser.add_argument("--baselines", default="naive,avalanche_replay,joint")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=JSON", help="override a [learner] key"
+    )
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="PNG heat map (default: <scenario>-matrix.png)"
+    )
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args(argv)
+
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    settings = LearnerSettings(**overrides)
+    torch.manual_seed(settings.seed)
+    sc = scenario(args.scenario, per_task=args.per_task, seed=settings.seed)
+    if "model" not in overrides:  # the scenario's built-in: a CNN for images, an MLP for the rest
+        settings = settings.model_copy(update={"model": sc.model})
+    round_size = args.round or settings.min_new_labels
+    started = time.perf_counter()
+    ours = run_lifelong(sc, settings, args.memory, round_size)
+    seconds = {"lifelong": time.perf_counter() - started}
+    runs: dict[str, dict[str, Any]] = {}
+    for name in filter(None, args.baselines.split(",")):
+        started = time.perf_counter()
+        torch.manual_seed(settings.seed)
+        if name == "naive":
+            runs[name] = run_naive(sc, settings, round_size)
+        elif name == "avalanche_replay":
+            runs[name] = run_avalanche_replay(sc, settings, args.memory, round_size)
+        elif name == "joint":
+            runs[name] = run_joint(sc, settings, round_size)
+        else:
+            parser.error(f"unknown baseline {name!r}")
+        seconds[name] = time.perf_counter() - started
+    final = float(np.mean(ours["matrix"][-1]))
+    baselines = {name: float(np.mean(run["matrix"][-1])) for name, run in runs.items()}
+    result: dict[str, Any] = {
+        "scenario": args.scenario,
+        "memory": args.memory,
+        "round_size": round_size,
+        "samples": sum(len(t.ids) for t in sc.tasks),
+        "final_avg_accuracy": final,
+        "avg_forgetting": forgetting(ours["matrix"]),
+        "accuracy_matrix": ours["matrix"],
+        "versions": ours["versions"],
+        "baselines": baselines,
+        "baseline_forgetting": {n: forgetting(r["matrix"]) for n, r in runs.items() if n != "joint"},
+        "ratio_to_joint": final / baselines["joint"] if baselines.get("joint") else None,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+    }
+    plot = args.plot or Path(f"{args.scenario}-matrix.png")
+    heat_map(ours["matrix"], f"{args.scenario}, memory {args.memory}: final {final:.3f}", plot)
+    result["plot"] = str(plot)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

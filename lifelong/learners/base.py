@@ -1,0 +1,102 @@
+"""The learner contract: predict a batch, run one update round, and hand over the state to continue.
+
+A learner never touches Kafka, Prometheus or the scheduler: it returns a
+:class:`RoundReport` and the daemon records it. Its state is a
+:class:`Checkpoint` of plain tensors and JSON, which the registry writes as
+safetensors and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """Labeled samples: ``x`` is n x features (float32, or uint8 intensities read as [0, 1])."""
+
+    ids: list[str]
+    x: np.ndarray[Any, Any]
+    y: np.ndarray[Any, Any]
+
+    def __post_init__(self) -> None:
+        if not (len(self.ids) == len(self.x) == len(self.y)):
+            raise ValueError(f"ids, x and y differ in length: {len(self.ids)}, {len(self.x)}, {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, keep: np.ndarray[Any, Any]) -> Labeled:
+        """The rows where the boolean mask ``keep`` is set."""
+        return Labeled(
+            ids=[id for id, k in zip(self.ids, keep, strict=True) if k], x=self.x[keep], y=self.y[keep]
+        )
+
+
+class ReplaySource(Protocol):
+    """Where replay comes from: the rehearsal memory, or anything that draws labeled samples."""
+
+    def sample(self, n: int, *, balanced: bool = False) -> Any:
+        """``n`` samples with ``ids``, ``x`` and ``y`` attributes."""
+        ...
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one update round did."""
+
+    samples: int
+    replayed: int
+    steps: int
+    seconds: float
+    loss: float
+    classes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to serve (``weights``) and to continue training (``state``, ``meta``)."""
+
+    weights: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+class Learner(Protocol):
+    """A model that predicts, learns from update rounds and checkpoints itself."""
+
+    def predict(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The predicted label of each row of ``x``."""
+        ...
+
+    def update(self, new: Labeled, replay: ReplaySource | None = None) -> RoundReport:
+        """Learn ``new`` (plus replay drawn from ``replay``) in one round."""
+        ...
+
+    def checkpoint(self) -> Checkpoint:
+        """The state to save; :meth:`restore` of it continues exactly."""
+        ...
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from a :meth:`checkpoint`."""
+        ...
+
+
+def as_inputs(x: np.ndarray[Any, Any]) -> torch.Tensor:
+    """A float32 tensor of ``x``: uint8 inputs are intensities, scaled to [0, 1]."""
+    array = np.asarray(x)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if array.dtype == np.uint8:
+        return tensor.to(torch.float32).div_(255.0)
+    return tensor.to(torch.float32)
+
+
+def accuracy(learner: Learner, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
+    """The fraction of ``x`` the learner labels ``y`` (NaN when empty)."""
+    if not len(y):
+        return float("nan")
+    return float((learner.predict(x) == np.asarray(y)).mean())

@@ -1,0 +1,135 @@
+"""Update rounds in the daemon over a real store, memory and registry; versions and rollback from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lifelong.benchmarks import digits
+from lifelong.config import load_settings
+from lifelong.daemon.cli import main
+from lifelong.daemon.remember import MemoryFeed
+from lifelong.daemon.update import Updater
+from lifelong.daemon.wiring import build_updater, open_memory, open_registry, open_store
+from lifelong.events import Sample
+from lifelong.memory.samples import IngestBatch, SampleStore
+from tests.streams import stored
+
+X, Y, _, _ = digits()
+CONFIG = """
+[state]
+dir = "{dir}"
+[data]
+features = 64
+max_classes = 10
+[memory]
+capacity = 400
+[learner]
+epochs = 5
+device = "cpu"
+model_options = {{ hidden = [64] }}
+holdout = 0.15
+"""
+
+
+def feed_samples(store: SampleStore, rows: np.ndarray, labels: np.ndarray, *, start: int) -> None:
+    batch = IngestBatch()
+    for offset, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        sample = Sample(f"d{row}-{start + offset}", X[row], int(label))
+        batch.samples.append(stored(sample, "lifelong.samples", 0, start + offset, 1000))
+    store.apply(batch)
+
+
+def weights(updater: Updater) -> dict[str, torch.Tensor]:
+    champion = updater.champion()
+    assert champion is not None
+    return champion.checkpoint().weights
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "lifelong.toml"
+    path.write_text(CONFIG.format(dir=tmp_path / "state"))
+    return path
+
+
+def test_rounds_gate_rollback_and_a_corrupt_version(
+    config: Path, capsys: pytest.CaptureFixture[str], clean_env: None
+) -> None:
+    settings = load_settings(config)
+    old, new = np.flatnonzero(Y < 5), np.flatnonzero(Y >= 5)
+    with open_store(settings) as store:
+        memory = open_memory(settings)
+        feed = MemoryFeed(store=store, memory=memory, snapshot_interval_s=0)
+        updater = build_updater(settings, store=store, memory=memory, feed=feed)
+        assert updater.run_round() is None  # nothing labeled yet
+
+        feed_samples(store, old, Y[old], start=0)
+        first = updater.run_round()
+        assert first is not None and first.promoted and first.version.version == 1
+        assert first.version.lineage["label_events"] == [1, len(old)]
+        assert first.version.lineage["memory_snapshot"]
+        assert updater.pending() == 0 and updater.serving == 1
+
+        feed_samples(store, new, Y[new], start=len(old))
+        second = updater.run_round()
+        assert second is not None and second.promoted, second.version.reason
+        assert set(np.unique(updater.champion().predict(X))) > set(range(5))  # type: ignore[union-attr]
+
+        before = weights(updater)
+        poisoned = np.random.default_rng(0).permutation(Y)
+        feed_samples(store, np.arange(len(Y)), poisoned, start=len(Y))
+        third = updater.run_round()
+        assert third is not None and not third.promoted
+        assert third.version.status == "rejected" and "accuracy" in (third.version.reason or "")
+        assert updater.serving == 2
+        assert all(torch.equal(before[k], v) for k, v in weights(updater).items())
+
+        # The CLI rolls back while the "daemon" (this updater) holds the state: it follows.
+        assert main(["rollback", "--config", str(config), "--reason", "test"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["champion"] == 1
+        assert updater.load_champion() and updater.serving == 1
+        saved = open_registry(settings).load(1).weights
+        assert all(torch.equal(saved[k], v) for k, v in weights(updater).items())
+
+        # A damaged version directory is refused with a message naming it; the champion keeps serving.
+        damaged = open_registry(settings).get(2).path / "model.safetensors"
+        data = bytearray(damaged.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        damaged.write_bytes(bytes(data))
+        assert main(["rollback", "2", "--config", str(config)]) == 2
+        assert str(damaged.parent) in capsys.readouterr().err
+        assert open_registry(settings).champion().version == 1  # type: ignore[union-attr]
+        assert not updater.load_champion() and updater.serving == 1
+        memory.close()
+
+    assert main(["versions", "--config", str(config), "--json"]) == 0
+    listed = {v["version"]: v for v in json.loads(capsys.readouterr().out)}
+    assert {n: v["status"] for n, v in listed.items()} == {1: "champion", 2: "rolled_back", 3: "rejected"}
+    assert all({"version", "status", "created_at", "scores"} <= set(v) for v in listed.values())
+    assert listed[3]["scores"]["candidate_memory"] < listed[3]["scores"]["champion_memory"]
+    assert main(["versions", "--config", str(config)]) == 0
+    assert "rolled_back" in capsys.readouterr().out
+
+
+def test_a_restarted_updater_resumes_after_the_last_round(config: Path, clean_env: None) -> None:
+    settings = load_settings(config)
+    with open_store(settings) as store:
+        memory = open_memory(settings)
+        updater = build_updater(settings, store=store, memory=memory, feed=None)
+        feed_samples(store, np.arange(300), Y[:300], start=0)
+        assert updater.run_round() is not None
+        feed_samples(store, np.arange(300, 400), Y[300:400], start=300)
+        served = weights(updater)
+        memory.close()
+    with open_store(settings) as store:
+        memory = open_memory(settings)
+        again = build_updater(settings, store=store, memory=memory, feed=None)
+        assert again.cursor == 300 and again.pending() == 100
+        again.load_champion()
+        assert all(torch.equal(served[k], v) for k, v in weights(again).items())
+        memory.close()
