@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench bench-learning venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: lint
 bench: $(STAMP)
 	$(PY) bench/ingest.py --json
 	$(PY) bench/memory.py --json
+	$(PY) bench/update.py --json
+
+# Continual-learning quality (about 25 minutes on 2 CPU cores); Fashion-MNIST from Debian's package.
+bench-learning: $(STAMP)
+	$(PY) bench/learning.py --scenario split-digits --memory 500 --round 100 --json
+	$(PY) bench/learning.py --scenario split-fashion-mnist --memory 500 --json
+	$(PY) bench/learning.py --scenario permuted-fashion-mnist --memory 500 --json
 
 clean:
 	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,8 @@ optimizer, rounds and batches: ``naive`` (no replay, no plugins), Avalanche's
 own ``Replay`` strategy with a class-balanced buffer of the same size, and
 ``joint`` (every task's data shuffled into one i.i.d. stream: the upper bound).
 
-Accuracies are fractions; ``accuracy_matrix[i][j]`` is the accuracy on task j's
+``permuted-fashion-mnist`` uses 20,000 training images per permutation unless
+``--per-task`` says otherwise. Accuracies are fractions; ``accuracy_matrix[i][j]`` is the accuracy on task j's
 test set after task i, from the serving (champion) model. A PNG heat map of it
 is written to ``--plot``.
 """
@@ -217,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         "--round", type=int, default=None, help="samples per update round (default: learner.min_new_labels)"
     )
     parser.add_argument(
-        "--per-task", type=int, default=None, help="at most this many training samples per task"
+        "--per-task",
+        type=int,
+        default=None,
+        help="at most this many training samples per task (default: all; 20,000 for permuted-fashion-mnist)",
     )
     parser.add_argument("--baselines", default="naive,avalanche_replay,joint")
     parser.add_argument(

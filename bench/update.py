@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             plain = build_model(model_name, features=features, classes=10)
             plain.load_state_dict(initial)
             plain.to(learner.device)
-            optimizer = torch.optim.SGD(plain.parameters(), lr=settings.lr, momentum=settings.momentum)
+            optimizer: torch.optim.Optimizer = (
+                torch.optim.Adam(plain.parameters(), lr=settings.lr)
+                if settings.optimizer == "adam"
+                else torch.optim.SGD(plain.parameters(), lr=settings.lr, momentum=settings.momentum)
+            )
             seen = torch.zeros(10, dtype=torch.bool)
             seen[torch.from_numpy(np.unique(y))] = True
             state = plain_round(plain, optimizer, first, memory, settings, seen, None, learner.device)

@@ -100,13 +100,15 @@ class LearnerSettings(_Section):
     freeze: list[str] = []
     device: str = "auto"
     amp: bool = True
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(0.0005, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(32, ge=1)
     replay_batch_size: int = Field(32, ge=0)
-    epochs: int = Field(1, ge=1)
+    # Class-balanced steps on the memory alone after each round (at a tenth of the learning rate).
+    review_steps: int = Field(0, ge=0)
+    epochs: int = Field(2, ge=1)
     # asymmetric: new data's loss spans only its own classes, replay's every class seen (ER-ACE).
     loss: Literal["asymmetric", "cross_entropy"] = "asymmetric"
     # Avalanche plugins by name with their keyword arguments; online EWC by default.
@@ -135,6 +137,7 @@ class LearnerSettings(_Section):
             "weight_decay": self.weight_decay,
             "batch_size": self.batch_size,
             "replay_batch_size": self.replay_batch_size,
+            "review_steps": self.review_steps,
             "epochs": self.epochs,
             "loss": self.loss,
             "plugins": self.plugins,

@@ -44,7 +44,13 @@ def labeled(classes: tuple[int, ...], *, limit: int | None = None, poison: bool 
 
 
 def make(**overrides: Any) -> AvalancheLearner:
-    options: dict[str, Any] = {"lr": 0.05, "epochs": 3, "plugins": {"ewc": {}}, "device": "cpu"}
+    options: dict[str, Any] = {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "epochs": 3,
+        "plugins": {"ewc": {}},
+        "device": "cpu",
+    }
     options.update(overrides)
     torch.manual_seed(0)
     return AvalancheLearner(model=mlp(64, 10, hidden=(64,)), classes=10, **options)

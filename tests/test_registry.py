@@ -114,6 +114,16 @@ def test_rejected_version_does_not_change_the_champion(fx: Fixture) -> None:
     assert champion is not None and champion.version == 1
 
 
+def test_a_rollback_during_training_wins_over_the_candidates_promotion(fx: Fixture) -> None:
+    fx.add(True)
+    fx.add(True)
+    fx.registry.rollback()  # while a candidate trained from version 2
+    late = fx.add(True, expect_champion=2, reason="gate passed")
+    assert late.status is Status.REJECTED and "champion changed from 2 to 1" in (late.reason or "")
+    assert fx.registry.champion().version == 1  # type: ignore[union-attr]
+    assert fx.add(True, expect_champion=1).status is Status.CHAMPION
+
+
 def test_statuses_of_a_mix(fx: Fixture) -> None:
     for promote in (True, False, True, True):
         fx.add(promote)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lifelong.config import KafkaSettings, Settings
 from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaSource, ensure_topics
@@ -15,15 +15,16 @@ from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.update import Updater
 from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
-from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.gate import Gate
-from lifelong.learners.models import build_model
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.memory.snapshot import SnapshotDir
 from lifelong.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from lifelong.learners.avalanche import AvalancheLearner
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -155,6 +156,10 @@ def build_learner(
     settings: Settings, *, exclude_from_replay: Callable[[str], bool] | None = None
 ) -> AvalancheLearner:
     """A fresh learner as ``[learner]`` and ``[data]`` describe it."""
+    # Imported here: Avalanche takes seconds to import, and status, forget and versions never need it.
+    from lifelong.learners.avalanche import AvalancheLearner
+    from lifelong.learners.models import build_model
+
     learner = settings.learner
     model = build_model(
         learner.model,

@@ -111,13 +111,14 @@ class AvalancheLearner:
         *,
         model: nn.Module,
         classes: int,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
+        optimizer: str = "adam",
+        lr: float = 0.0005,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         batch_size: int = 32,
         replay_batch_size: int = 32,
-        epochs: int = 1,
+        review_steps: int = 0,
+        epochs: int = 2,
         loss: str = "asymmetric",
         plugins: Mapping[str, Mapping[str, Any]] | None = None,
         exclude_from_replay: Callable[[str], bool] | None = None,
@@ -136,6 +137,7 @@ class AvalancheLearner:
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.replay_batch_size = replay_batch_size
+        self.review_steps = review_steps
         self.epochs = epochs
         self.loss = loss
         self.plugins = {name: dict(options) for name, options in (plugins or {}).items()}
@@ -152,7 +154,9 @@ class AvalancheLearner:
             else torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
         )
         self._criterion = MaskedCrossEntropy(classes)
-        self._replay = MemoryReplay(batch_size=replay_batch_size, exclude=exclude_from_replay)
+        self._replay = MemoryReplay(
+            batch_size=replay_batch_size, exclude=exclude_from_replay, review_steps=review_steps
+        )
         self._extra: dict[str, SupervisedPlugin] = {
             name: build_plugin(name, options) for name, options in self.plugins.items()
         }

@@ -94,31 +94,69 @@ class MemoryReplay(SupervisedPlugin):  # type: ignore[misc]
     """
 
     def __init__(
-        self, *, batch_size: int, balanced: bool = True, exclude: Callable[[str], bool] | None = None
+        self,
+        *,
+        batch_size: int,
+        balanced: bool = True,
+        exclude: Callable[[str], bool] | None = None,
+        review_steps: int = 0,
+        review_lr_scale: float = 0.1,
     ):
         super().__init__()
         self.batch_size = batch_size
         self.balanced = balanced
         self.exclude = exclude
+        self.review_steps = review_steps
+        self.review_lr_scale = review_lr_scale
         self.source: ReplaySource | None = None
         self.mask: torch.Tensor | None = None
         self.replayed = 0
 
     def before_backward(self, strategy: RoundStrategy, **kwargs: Any) -> None:
-        if self.source is None or self.mask is None:
+        loss = self._replay_loss(strategy, self.batch_size)
+        if loss is not None:
+            strategy.loss += loss
+
+    def after_training_exp(self, strategy: RoundStrategy, **kwargs: Any) -> None:
+        """Review: a few class-balanced steps on the memory alone at a lower learning rate.
+
+        The memory holds the round's classes in proportion, so this evens out the bias
+        toward the newest classes that training on them leaves in the output layer.
+        """
+        if not self.review_steps or self.source is None:
             return
-        drawn = self.source.sample(self.batch_size + self.batch_size // 4, balanced=self.balanced)
+        optimizer = strategy.optimizer
+        rates = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] *= self.review_lr_scale
+        strategy.model.train()
+        try:
+            for _ in range(self.review_steps):
+                loss = self._replay_loss(strategy, 2 * self.batch_size)
+                if loss is None:
+                    break
+                optimizer.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+        finally:
+            for group, rate in zip(optimizer.param_groups, rates, strict=True):
+                group["lr"] = rate
+
+    def _replay_loss(self, strategy: RoundStrategy, n: int) -> torch.Tensor | None:
+        if self.source is None or self.mask is None or n <= 0:
+            return None
+        drawn = self.source.sample(n + n // 4, balanced=self.balanced)
         keep = np.ones(len(drawn.ids), dtype=bool)
         if self.exclude is not None:
             keep = np.fromiter((not self.exclude(id) for id in drawn.ids), dtype=bool, count=len(drawn.ids))
-        rows = np.flatnonzero(keep)[: self.batch_size]
+        rows = np.flatnonzero(keep)[:n]
         if not len(rows):
-            return
+            return None
         x = as_inputs(drawn.x[rows]).to(strategy.device, non_blocking=True)
         y = torch.from_numpy(np.asarray(drawn.y)[rows]).to(strategy.device, non_blocking=True)
         logits = strategy.forward_inputs(x).float()
-        strategy.loss += F.cross_entropy(logits.masked_fill(~self.mask, torch.finfo(logits.dtype).min), y)
         self.replayed += len(rows)
+        return F.cross_entropy(logits.masked_fill(~self.mask, torch.finfo(logits.dtype).min), y)
 
 
 # -- state that must survive a restart ---------------------------------------------------------------

@@ -67,8 +67,17 @@ class Trainer:
     def round(
         self, new: Labeled, *, replay: ReplaySource | None, recent: Labeled, remembered: Labeled
     ) -> Round:
-        """Train a candidate on ``new`` (held-out rows dropped) with replay; judge it on the held-out sets."""
+        """Train a candidate on ``new`` (held-out rows dropped) with replay; judge it on the held-out sets.
+
+        ``remembered`` is the memory's held-out slice; the rows of ``new`` in it are left out.
+        """
         train, _ = self.split(new)
+        # What the model must not forget is what it knew before this round: the memory's held-out
+        # slice without this round's samples, which may be mislabeled (and then the recent set is too).
+        arriving = set(new.ids)
+        remembered = remembered.take(
+            np.fromiter((id not in arriving for id in remembered.ids), bool, len(remembered))
+        )
         candidate = self.candidate()
         report = candidate.update(train, replay)
         verdict = self.gate.judge(candidate, self.champion, recent=recent, remembered=remembered)
