@@ -132,9 +132,17 @@ def test_checkpoint_restores_and_continues_exactly(optimizer: str) -> None:
         assert torch.equal(a, b), name  # optimizer momentum, EWC anchor and importances all came back
 
 
+def test_replay_of_classes_not_trained_on_yet_teaches_them() -> None:
+    learner = make()
+    report = learner.update(labeled((0, 1)), FixedReplay(labeled((5,), limit=64)))
+    assert np.isfinite(report.loss) and learner.seen == [0, 1, 5]
+    assert learner.update(Labeled(ids=[], x=X_TRAIN[:0], y=Y_TRAIN[:0])).steps == 0
+
+
 def test_every_named_plugin_builds_and_bad_options_name_the_key() -> None:
     for name in PLUGINS:
         make(plugins={name: {}})
+    make(plugins={"ewc": {"mode": "separate"}})
     with pytest.raises(ConfigError, match=r"learner\.plugins\.ewc"):
         make(plugins={"ewc": {"strength": 3}})
     with pytest.raises(ConfigError, match=r"learner\.plugins\.nope"):

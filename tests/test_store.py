@@ -49,6 +49,17 @@ def test_samples_labels_and_status(store: SampleStore) -> None:
     assert labels(store) == {"a": 1, "b": 2}
 
 
+def test_recent_labeled_picks_the_newest_kept_labeled_samples(store: SampleStore) -> None:
+    samples = [
+        Sample(f"k{i}" if i % 2 else f"d{i}", np.full(3, i, np.float32), None if i == 9 else i % 4)
+        for i in range(10)
+    ]
+    store.apply(batch(*samples))
+    found = store.recent_labeled(lambda id: id.startswith("k"), limit=3, scan=100)
+    assert [(id, int(x[0]), y) for id, x, y in found] == [("k7", 7, 3), ("k5", 5, 1), ("k3", 3, 3)]
+    assert [id for id, _, _ in store.recent_labeled(lambda id: True, limit=10, scan=2)] == ["d8", "k7"]
+
+
 def test_feedback_overrides_inline_and_latest_feedback_wins(store: SampleStore) -> None:
     store.apply(batch(Sample("a", X, 1)))
     applied = store.apply(batch(Feedback("a", 2), Feedback("a", 0)))

@@ -136,4 +136,7 @@ def test_a_restarted_updater_resumes_after_the_last_round(config: Path, clean_en
         assert again.cursor == 300 and again.pending() == 100
         again.load_champion()
         assert all(torch.equal(served[k], v) for k, v in weights(again).items())
+        # Training continues from what was read back from disk (EWC state in the model's order).
+        outcome = again.run_round()
+        assert outcome is not None and again.cursor == 400 and again.pending() == 0
         memory.close()

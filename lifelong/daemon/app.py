@@ -160,7 +160,14 @@ class Daemon:
                 self.updater.load_champion()  # follow a rollback made from the command line
                 return
         self._last_update = self.clock()
-        outcome = self.updater.run_round()
+        try:
+            outcome = self.updater.run_round()
+        except Exception:
+            self.updates["failed"] += 1
+            log.exception(
+                "update round failed; the champion keeps serving, the labels wait for the next round"
+            )
+            return
         if outcome is None:
             return
         self.updates["promoted" if outcome.promoted else "rejected"] += 1
@@ -188,5 +195,8 @@ class Daemon:
         )
         counts = " ".join(f"{name}={totals[name]}" for name in fields)
         if self.updater is not None:
-            counts += f" promoted={self.updates['promoted']} rejected={self.updates['rejected']}"
+            counts += (
+                f" promoted={self.updates['promoted']} rejected={self.updates['rejected']}"
+                f" failed={self.updates['failed']}"
+            )
         return f"stopped after {self.clock() - self._started_at:.1f}s: {counts}"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.errors import LifelongError
+from lifelong.errors import LifelongError, StateError
 from lifelong.learners.base import Checkpoint, Labeled, Learner
 from lifelong.learners.gate import finite
 from lifelong.learners.trainer import Trainer
@@ -79,6 +79,12 @@ class Updater:
         self.clock = clock
         self._serving: int | None = None
         self._cursor = self._trained_upto()
+        if self._cursor > store.last_label_event():
+            raise StateError(
+                f"the model registry {registry.root} has trained on label event {self._cursor}, the sample "
+                f"store holds only {store.last_label_event()}: they come from different states; move "
+                f"{registry.root} aside to start the models afresh, or restore the matching store"
+            )
 
     @property
     def serving(self) -> int | None:
@@ -95,7 +101,11 @@ class Updater:
         return max(0, self.store.last_label_event() - self._cursor)
 
     def _trained_upto(self) -> int:
-        ends = [int(v.lineage.get(LINEAGE_CURSOR, [0, 0])[1]) for v in self.registry.versions()]
+        ends = [
+            int(v.lineage.get(LINEAGE_CURSOR, [0, 0])[1])
+            for v in self.registry.versions()
+            if not v.lineage.get("superseded")  # a rollback overtook it: its labels train again
+        ]
         return max(ends, default=0)
 
     def load_champion(self) -> bool:
@@ -126,6 +136,14 @@ class Updater:
         """Train on the labels since the last round, gate, record the version; None when there are none."""
         started = self.clock()
         self.load_champion()
+        champion = self.registry.champion()
+        if champion is not None and champion.version != self._serving:
+            log.error(
+                "the registry's champion %d cannot be served (see above): no update round until it can, "
+                "or until `lifelong rollback` names one that loads",
+                champion.version,
+            )
+            return None
         events = self.store.label_events(self._cursor, self.max_round_samples)
         if not events:
             return None
@@ -138,6 +156,9 @@ class Updater:
             x=_rows([np.frombuffer(x, dtype=np.dtype(d)) for _, x, d in latest.values()], self.features),
             y=np.asarray([y for y, _, _ in latest.values()], dtype=np.int64),
         )
+        if not len(self.trainer.split(new)[0]):  # every label in the range is held out
+            self._cursor = last
+            return None
         if self.before_round is not None:
             self.before_round()  # the memory catches up and snapshots: the round's lineage names it
         recent = self._recent()
@@ -166,7 +187,8 @@ class Updater:
             reason=result.verdict.reason,
             expect_champion=parent,
         )
-        self._cursor = last
+        if not version.lineage.get("superseded"):
+            self._cursor = last
         promoted = version.decision == "promoted"
         if promoted:
             self.trainer.promote(result.candidate)

@@ -211,6 +211,10 @@ class AvalancheLearner:
     def update(self, new: Labeled, replay: ReplaySource | None = None) -> RoundReport:
         """One training experience on ``new`` with replay from ``replay``; returns what it did."""
         started = time.perf_counter()
+        if not len(new):
+            return RoundReport(
+                samples=0, replayed=0, steps=0, seconds=0.0, loss=float("nan"), classes=self.seen
+            )
         y = torch.from_numpy(np.asarray(new.y, dtype=np.int64))
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.classes):
             raise ValueError(f"labels must lie in [0, {self.classes}), got {int(y.min())}..{int(y.max())}")
@@ -226,6 +230,8 @@ class AvalancheLearner:
         with _recording(self._strategy, losses), _seeded(self.seed + self._rounds):
             self._strategy.train(experience, num_workers=0)
         self._rounds += 1
+        if self._replay.mask is not None:
+            self._seen |= self._replay.mask.cpu()  # classes first met in replay
         self._replay.source = None
         self.model.eval()
         return RoundReport(
@@ -262,7 +268,11 @@ class AvalancheLearner:
             meta={
                 "rounds": self._rounds,
                 "seen": self.seen,
-                "optimizer": {"param_groups": optimizer["param_groups"], "scalars": scalars},
+                "optimizer": {
+                    "name": self.optimizer,
+                    "param_groups": optimizer["param_groups"],
+                    "scalars": scalars,
+                },
                 "plugins": sorted(self._extra),
             },
         )
@@ -275,7 +285,13 @@ class AvalancheLearner:
         self._seen.zero_()
         self._seen[list(meta.get("seen", []))] = True
         saved = meta.get("optimizer", {})
-        if "param_groups" in saved:
+        if saved.get("name", self.optimizer) != self.optimizer:
+            log.warning(
+                "the checkpoint's optimizer is %s, the configuration's %s: its state starts afresh",
+                saved.get("name"),
+                self.optimizer,
+            )
+        elif "param_groups" in saved:
             slots: dict[int, dict[str, Any]] = {}
             for key, tensor in checkpoint.state.items():
                 if key.startswith("optimizer."):
@@ -285,6 +301,10 @@ class AvalancheLearner:
                 for name, value in values.items():
                     slots.setdefault(int(index), {})[name] = torch.tensor(value)
             self._optimizer.load_state_dict({"state": slots, "param_groups": saved["param_groups"]})
+            for group in self._optimizer.param_groups:  # the configuration's settings, not the old ones
+                group["lr"], group["weight_decay"] = self.lr, self.weight_decay
+                if self.optimizer == "sgd":
+                    group["momentum"] = self.momentum
         self._strategy.clock.train_exp_counter = self._rounds
         for name, plugin in self._extra.items():
             prefix = f"plugin.{name}."

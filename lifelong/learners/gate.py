@@ -102,6 +102,8 @@ class Gate:
             return Verdict(True, scores, "first version: no champion to beat")
         if failures:
             return Verdict(False, scores, "; ".join(failures))
+        if not len(recent) and not len(remembered):
+            return Verdict(True, scores, "no held-out data (holdout = 0?): promoted unjudged")
         if not judged:
             return Verdict(
                 False, scores, f"fewer than {self.min_samples} held-out samples on both sets: cannot judge"

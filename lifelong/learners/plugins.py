@@ -60,6 +60,8 @@ def build_plugin(name: str, options: dict[str, Any]) -> SupervisedPlugin:
         class_name, defaults = PLUGINS[name]
         factory: Callable[..., Any] = getattr(avalanche_plugins, class_name)
         arguments = {**defaults, **options}
+        if name == "ewc" and arguments.get("mode") == "separate" and "decay_factor" not in options:
+            arguments.pop("decay_factor")  # Avalanche allows a decay in online mode only
     else:
         module_name, _, attribute = name.partition(":")
         try:
@@ -154,6 +156,9 @@ class MemoryReplay(SupervisedPlugin):  # type: ignore[misc]
             return None
         x = as_inputs(drawn.x[rows]).to(strategy.device, non_blocking=True)
         y = torch.from_numpy(np.asarray(drawn.y)[rows]).to(strategy.device, non_blocking=True)
+        # The memory may hold classes this model never trained on (after a rollback or a
+        # rejected round): they become seen here rather than targets with a masked logit.
+        self.mask[y] = True
         logits = strategy.forward_inputs(x).float()
         self.replayed += len(rows)
         return F.cross_entropy(logits.masked_fill(~self.mask, torch.finfo(logits.dtype).min), y)
@@ -186,11 +191,16 @@ def restore_plugin(
     last = rounds - 1
     device = next(model.parameters()).device
     if isinstance(plugin, avalanche_plugins.EWCPlugin):
+        # In the model's parameter order: Avalanche zips these against named_parameters().
+        # ParamData keeps init_tensor where it is, so move it to the model's device first.
+        names = [name for name, _ in model.named_parameters()]
         for prefix, target in (("importance.", plugin.importances), ("anchor.", plugin.saved_params)):
             target[last] = {
-                key[len(prefix) :]: ParamData(key, tensor.shape, init_tensor=tensor.clone(), device=device)
-                for key, tensor in state.items()
-                if key.startswith(prefix)
+                name: ParamData(
+                    prefix + name, tensor.shape, init_tensor=tensor.to(device).clone(), device=device
+                )
+                for name in names
+                if (tensor := state.get(prefix + name)) is not None
             }
     elif isinstance(plugin, avalanche_plugins.LwFPlugin):
         plugin.lwf.prev_model = copy.deepcopy(model).eval()

@@ -436,13 +436,14 @@ class SampleStore:
         self, keep: Callable[[str], bool], *, limit: int, scan: int
     ) -> list[tuple[str, np.ndarray[Any, Any], int]]:
         """Up to ``limit`` of the newest labeled samples whose id ``keep`` accepts, of the newest ``scan``."""
-        query = "SELECT id, x, dtype, y FROM samples WHERE y IS NOT NULL ORDER BY seq DESC LIMIT ?"
+        # Ids first, payloads only for the chosen: most of the scanned rows are not kept.
+        query = "SELECT seq, id FROM samples WHERE y IS NOT NULL ORDER BY seq DESC LIMIT ?"
+        chosen = [seq for seq, id in self._db.execute(query, (scan,)) if keep(id)][:limit]
         found = []
-        for id, x, dtype, y in self._db.execute(query, (scan,)):
-            if keep(id):
-                found.append((id, np.frombuffer(x, dtype=np.dtype(dtype)), int(y)))
-                if len(found) >= limit:
-                    break
+        for seq in chosen:
+            row = self._db.execute("SELECT id, x, dtype, y FROM samples WHERE seq = ?", (seq,)).fetchone()
+            if row is not None:
+                found.append((row[0], np.frombuffer(row[1], dtype=np.dtype(row[2])), int(row[3])))
         return found
 
     def labeled(self) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:

@@ -147,6 +147,8 @@ class ModelRegistry:
                     f"the champion changed from {expect_champion} to {head.champion} while this "
                     f"version trained (a rollback?); kept, not promoted. Gate: {reason}"
                 )
+                # Its data was not judged on its merits: whoever tracks what was trained can retry it.
+                meta["lineage"] = {**meta["lineage"], "superseded": True}
             write_version(self.root, number, weights=tensors, state=learner_tensors, meta=meta)
             head.next = number + 1
             if promote:
