@@ -13,7 +13,7 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class Scenario:
     tasks: list[Task]
 
 
-def digits(seed: int = 0) -> tuple[np.ndarray[Any, Any], ...]:
+def digits(seed: int = 0) -> Arrays:
     """scikit-learn's digits as float32 in [0, 1]: (x_train, y_train, x_test, y_test), a 75/25 split."""
     from sklearn.datasets import load_digits
 
@@ -61,10 +61,10 @@ def digits(seed: int = 0) -> tuple[np.ndarray[Any, Any], ...]:
     y = data.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(y))
     cut = int(len(y) * 0.75)
-    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+    return Arrays(x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]])
 
 
-def fashion_mnist(root: Path = FASHION_MNIST) -> tuple[np.ndarray[Any, Any], ...]:
+def fashion_mnist(root: Path = FASHION_MNIST) -> Arrays:
     """Fashion-MNIST as uint8 (n x 784): (x_train, y_train, x_test, y_test)."""
     files = (
         "train-images-idx3-ubyte",
@@ -79,7 +79,7 @@ def fashion_mnist(root: Path = FASHION_MNIST) -> tuple[np.ndarray[Any, Any], ...
             f"Fashion-MNIST is not installed ({missing[0]} is missing): run "
             "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or use split-digits"
         )
-    return tuple(_idx(path) for path in paths)
+    return Arrays(*(_idx(path) for path in paths))
 
 
 def _idx(path: Path) -> np.ndarray[Any, Any]:
@@ -91,18 +91,18 @@ def _idx(path: Path) -> np.ndarray[Any, Any]:
     return array.reshape(shape[0], -1) if dims > 1 else array.astype(np.int64)
 
 
-def split(
-    name: str,
-    x: np.ndarray[Any, Any],
-    y: np.ndarray[Any, Any],
-    tx: np.ndarray[Any, Any],
-    ty: np.ndarray[Any, Any],
-    *,
-    tasks: int,
-    per_task: int | None,
-    seed: int,
-) -> list[Task]:
+class Arrays(NamedTuple):
+    """A dataset's training and test arrays."""
+
+    x: np.ndarray[Any, Any]
+    y: np.ndarray[Any, Any]
+    test_x: np.ndarray[Any, Any]
+    test_y: np.ndarray[Any, Any]
+
+
+def split(name: str, data: Arrays, *, tasks: int, per_task: int | None, seed: int) -> list[Task]:
     """Class-incremental: classes in label order, ``len(classes) / tasks`` per task, shuffled within."""
+    x, y, tx, ty = data
     rng = np.random.default_rng(seed)
     groups = np.array_split(np.unique(y), tasks)
     out = []
@@ -113,18 +113,9 @@ def split(
     return out
 
 
-def permuted(
-    name: str,
-    x: np.ndarray[Any, Any],
-    y: np.ndarray[Any, Any],
-    tx: np.ndarray[Any, Any],
-    ty: np.ndarray[Any, Any],
-    *,
-    tasks: int,
-    per_task: int | None,
-    seed: int,
-) -> list[Task]:
+def permuted(name: str, data: Arrays, *, tasks: int, per_task: int | None, seed: int) -> list[Task]:
     """Domain-incremental: task 0 is the identity, each later task a fixed random pixel permutation."""
+    x, y, tx, ty = data
     rng = np.random.default_rng(seed)
     out = []
     for number in range(tasks):
@@ -139,11 +130,11 @@ def scenario(name: str, *, per_task: int | None = None, seed: int = 0) -> Scenar
     per_task = per_task or PER_TASK.get(name)
     if name == "split-digits":
         data = digits(seed)
-        return Scenario(name, 64, 10, "mlp", split(name, *data, tasks=5, per_task=per_task, seed=seed))
+        return Scenario(name, 64, 10, "mlp", split(name, data, tasks=5, per_task=per_task, seed=seed))
     if name == "split-fashion-mnist":
         data = fashion_mnist()
-        return Scenario(name, 784, 10, "cnn", split(name, *data, tasks=5, per_task=per_task, seed=seed))
+        return Scenario(name, 784, 10, "cnn", split(name, data, tasks=5, per_task=per_task, seed=seed))
     if name == "permuted-fashion-mnist":
         data = fashion_mnist()
-        return Scenario(name, 784, 10, "mlp", permuted(name, *data, tasks=10, per_task=per_task, seed=seed))
+        return Scenario(name, 784, 10, "mlp", permuted(name, data, tasks=10, per_task=per_task, seed=seed))
     raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
