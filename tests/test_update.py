@@ -41,6 +41,7 @@ def feed_samples(store: SampleStore, rows: np.ndarray, labels: np.ndarray, *, st
     for offset, (row, label) in enumerate(zip(rows, labels, strict=True)):
         sample = Sample(f"d{row}-{start + offset}", X[row], int(label))
         batch.samples.append(stored(sample, "lifelong.samples", 0, start + offset, 1000))
+    batch.positions[("lifelong.samples", 0)] = start + len(rows)  # the next offset to read
     store.apply(batch)
 
 
@@ -74,10 +75,12 @@ def test_rounds_gate_rollback_and_a_corrupt_version(
         assert first.version.lineage["label_events"] == [1, len(old)]
         assert first.version.lineage["memory_snapshot"]
         assert updater.pending() == 0 and updater.serving == 1
+        assert first.version.lineage["offsets"] == {"lifelong.samples:0": [0, len(old)]}
 
         feed_samples(store, new, Y[new], start=len(old))
         second = updater.run_round()
         assert second is not None and second.promoted, second.version.reason
+        assert second.version.lineage["offsets"] == {"lifelong.samples:0": [len(old), len(Y)]}
         assert set(np.unique(updater.champion().predict(X))) > set(range(5))  # type: ignore[union-attr]
 
         before = weights(updater)

@@ -1,8 +1,9 @@
 """Update rounds in the daemon: new labels from the store, replay from the memory, versions in the registry.
 
 The labels a round trains on are the store's label events after the last
-round's, so every label is trained on once; the range, the Kafka offsets and the
-memory snapshot behind a version are recorded in its lineage. The champion
+round's, so every label is trained on once; the label-event range, the Kafka
+offset range per partition ingested since the previous version ([first, next))
+and the memory snapshot behind a version are recorded in its lineage. The champion
 serves from memory while a candidate trains; it changes only after the
 registry has made the candidate champion durably, and follows a rollback made
 from the command line while the daemon runs.
@@ -179,7 +180,7 @@ class Updater:
                 LINEAGE_CURSOR: [first, last],
                 "samples": result.report.samples,
                 "replayed": result.report.replayed,
-                "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.store.positions().items())},
+                "offsets": self._offset_ranges(),
                 "memory_snapshot": _snapshot_name(self.memory),
             },
             config=self.config,
@@ -200,6 +201,17 @@ class Updater:
             seconds=self.clock() - started,
             loss=result.report.loss,
         )
+
+    def _offset_ranges(self) -> dict[str, list[int]]:
+        """Per partition, [first, next) offsets ingested since the previous version was recorded."""
+        versions = self.registry.versions()
+        before = versions[-1].lineage.get("offsets", {}) if versions else {}
+        ranges = {}
+        for (topic, partition), end in sorted(self.store.positions().items()):
+            key = f"{topic}:{partition}"
+            previous = before.get(key, [0, 0])
+            ranges[key] = [int(previous[1]) if isinstance(previous, list) else 0, end]
+        return ranges
 
     def champion(self) -> Learner | None:
         """The learner serving now."""
