@@ -6,7 +6,8 @@ For each size: a memory of that capacity is filled in batches of 10,000
 (add_per_s: keys projected, payloads written, index updated, the last write
 included), a snapshot is written (snapshot_s), then a replay batch of 1,024 is
 drawn (sample_1024_ms, median of 20), the 10 neighbours of 256 inputs are found
-with their payloads (knn_256_ms, median of 10), the process's resident memory
+with their payloads (knn_256_ms, median of 10) and the share of the exact
+neighbours among them (knn_recall_at_10), the process's resident memory
 growth is read (rss_mb: keys, index and bookkeeping; payloads live on disk),
 and the snapshot is loaded into a new memory (load_s).
 """
@@ -73,6 +74,10 @@ def measure(size: int, root: Path, policy: str) -> dict[str, float]:
     knn_ms = timed_ms(lambda: memory.neighbors(queries, 10), 10)
     gc.collect()
     resident = rss_mb() - before
+    # How many of the true neighbours the index finds (after the RSS reading: exact search copies the keys).
+    found = set(memory.neighbors(queries, 10).ids)
+    truth = set(memory.neighbors(queries, 10, exact=True).ids)
+    recall = len(found & truth) / len(truth)
     memory.close()
     began = time.perf_counter()
     loaded = RehearsalMemory(root, features=FEATURES, capacity=size, policy=policy)  # type: ignore[arg-type]
@@ -84,6 +89,7 @@ def measure(size: int, root: Path, policy: str) -> dict[str, float]:
         "add_per_s": round(size / spent),
         "sample_1024_ms": round(sample_ms, 2),
         "knn_256_ms": round(knn_ms, 2),
+        "knn_recall_at_10": round(recall, 3),
         "rss_mb": round(resident),
         "snapshot_s": round(snapshot_s, 2),
         "load_s": round(load_s, 2),

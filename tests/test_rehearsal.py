@@ -144,6 +144,13 @@ def test_memory_grows_past_its_training_size(tmp_path: Path) -> None:
     assert memory.counters["evicted"] > 0
     assert contents(restored) == contents(memory)
     assert len(restored.neighbors(np.zeros((2, FEATURES)), 10).ids) >= 10
+    # Exact search agrees with brute force over what is held; the IVF index finds most of it.
+    probe = np.random.default_rng(7).random((5, FEATURES), dtype=np.float32)
+    held = restored.sample(restored.size)
+    distances = ((held.x[None, :, :] - probe[:, None, :]) ** 2).sum(-1)
+    truth = {held.ids[i] for row in np.argsort(distances, axis=1)[:, :10] for i in row}
+    assert set(restored.neighbors(probe, 10, exact=True).ids) == truth
+    assert len(set(restored.neighbors(probe, 10).ids) & truth) >= 0.5 * len(truth)
 
 
 def corrupt_manifest(root: Path, change) -> Path:  # type: ignore[no-untyped-def]

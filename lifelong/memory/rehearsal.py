@@ -417,12 +417,21 @@ class RehearsalMemory:
         slots = [slot for slot, id in enumerate(self._ids) if id is not None and keep(id)]
         return self._replay(np.asarray(slots, dtype=np.int64))
 
-    def neighbors(self, x: np.ndarray[Any, Any], k: int = 10) -> Replay:
-        """The stored samples nearest to each of ``x`` (k per input, duplicates removed)."""
+    def neighbors(self, x: np.ndarray[Any, Any], k: int = 10, *, exact: bool = False) -> Replay:
+        """The stored samples nearest to each of ``x`` (k per input, duplicates removed).
+
+        Approximate (the IVF index) once the memory is large enough to train it; ``exact``
+        searches every stored key instead (slower; the reference the approximation is measured by).
+        """
         if not self.size:
             return self._replay(np.zeros(0, dtype=np.int64))
-        _, found = self._index.search(self.keys_of(x), k)
-        slots = np.unique(found[found >= 0])
+        if exact:
+            occupied = self._occupied.array()
+            _, found = exact_knn(self.keys_of(x), self._keys[occupied], min(k, len(occupied)))
+            slots = np.unique(occupied[found[found >= 0]])
+        else:
+            _, found = self._index.search(self.keys_of(x), k)
+            slots = np.unique(found[found >= 0])
         return self._replay(slots)
 
     def novelty(self, x: np.ndarray[Any, Any], k: int = 5) -> float:
