@@ -79,7 +79,10 @@ class Updater:
         self.before_round = before_round
         self.clock = clock
         self._serving: int | None = None
-        self._cursor = self._trained_upto()
+        versions = registry.versions()
+        self._cursor = _trained_upto(versions)
+        # Where the newest version's Kafka offset ranges end: the next version's start there.
+        self._offsets_seen: dict[str, Any] = versions[-1].lineage.get("offsets", {}) if versions else {}
         if self._cursor > store.last_label_event():
             raise StateError(
                 f"the model registry {registry.root} has trained on label event {self._cursor}, the sample "
@@ -100,14 +103,6 @@ class Updater:
     def pending(self) -> int:
         """Label events not trained on yet."""
         return max(0, self.store.last_label_event() - self._cursor)
-
-    def _trained_upto(self) -> int:
-        ends = [
-            int(v.lineage.get(LINEAGE_CURSOR, [0, 0])[1])
-            for v in self.registry.versions()
-            if not v.lineage.get("superseded")  # a rollback overtook it: its labels train again
-        ]
-        return max(ends, default=0)
 
     def load_champion(self) -> bool:
         """Serve the registry's champion if it is not the one in memory; keep the old one if it fails."""
@@ -188,6 +183,7 @@ class Updater:
             reason=result.verdict.reason,
             expect_champion=parent,
         )
+        self._offsets_seen = version.lineage["offsets"]
         if not version.lineage.get("superseded"):
             self._cursor = last
         promoted = version.decision == "promoted"
@@ -204,12 +200,10 @@ class Updater:
 
     def _offset_ranges(self) -> dict[str, list[int]]:
         """Per partition, [first, next) offsets ingested since the previous version was recorded."""
-        versions = self.registry.versions()
-        before = versions[-1].lineage.get("offsets", {}) if versions else {}
         ranges = {}
         for (topic, partition), end in sorted(self.store.positions().items()):
             key = f"{topic}:{partition}"
-            previous = before.get(key, [0, 0])
+            previous = self._offsets_seen.get(key, [0, 0])
             ranges[key] = [int(previous[1]) if isinstance(previous, list) else 0, end]
         return ranges
 
@@ -227,6 +221,14 @@ class Updater:
             x=_rows([x for _, x, _ in rows], self.features),
             y=np.asarray([y for _, _, y in rows], dtype=np.int64),
         )
+
+
+def _trained_upto(versions: list[ModelVersion]) -> int:
+    """The last label event any version trained on (one a rollback overtook trains again)."""
+    return max(
+        (int(v.lineage.get(LINEAGE_CURSOR, [0, 0])[1]) for v in versions if not v.lineage.get("superseded")),
+        default=0,
+    )
 
 
 def _rows(parts: list[np.ndarray[Any, Any]], features: int) -> np.ndarray[Any, Any]:

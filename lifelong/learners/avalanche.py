@@ -226,7 +226,7 @@ class AvalancheLearner:
         self._replay.replayed = 0
         dataset = tensor_dataset(as_inputs(new.x), y, task_labels=0)
         experience = benchmark_from_datasets(train=[dataset]).train_stream[0]
-        losses: list[float] = []
+        losses: list[torch.Tensor] = []
         with _recording(self._strategy, losses), _seeded(self.seed + self._rounds):
             self._strategy.train(experience, num_workers=0)
         self._rounds += 1
@@ -239,7 +239,7 @@ class AvalancheLearner:
             replayed=self._replay.replayed,
             steps=len(losses),
             seconds=time.perf_counter() - started,
-            loss=float(np.mean(losses)) if losses else float("nan"),
+            loss=float(torch.stack(losses).float().mean()) if losses else float("nan"),
             classes=self.seen,
         )
 
@@ -314,7 +314,7 @@ class AvalancheLearner:
 
 
 @contextlib.contextmanager
-def _recording(strategy: RoundStrategy, losses: list[float]) -> Iterator[None]:
+def _recording(strategy: RoundStrategy, losses: list[torch.Tensor]) -> Iterator[None]:
     """Collect each training step's loss through a plugin for the duration of a round."""
     plugin = _LossRecorder(losses)
     strategy.plugins.append(plugin)
@@ -325,12 +325,12 @@ def _recording(strategy: RoundStrategy, losses: list[float]) -> Iterator[None]:
 
 
 class _LossRecorder(SupervisedPlugin):  # type: ignore[misc]
-    def __init__(self, losses: list[float]) -> None:
+    def __init__(self, losses: list[torch.Tensor]) -> None:
         super().__init__()
         self.losses = losses
 
     def after_backward(self, strategy: RoundStrategy, **kwargs: Any) -> None:
-        self.losses.append(float(strategy.loss.detach()))
+        self.losses.append(strategy.loss.detach())  # read once at the end: no device sync per step
 
 
 @contextlib.contextmanager

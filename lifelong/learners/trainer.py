@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -95,8 +94,3 @@ class Trainer:
     def promote(self, learner: Learner) -> None:
         """Make ``learner`` the champion (after the caller has recorded it)."""
         self.champion = learner
-
-
-def stack(parts: list[Any], features: int, dtype: Any = np.float32) -> np.ndarray[Any, Any]:
-    """Rows stacked into one n x features array (empty-safe)."""
-    return np.stack(parts) if parts else np.zeros((0, features), dtype=dtype)

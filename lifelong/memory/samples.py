@@ -440,11 +440,13 @@ class SampleStore:
         query = "SELECT seq, id FROM samples WHERE y IS NOT NULL ORDER BY seq DESC LIMIT ?"
         chosen = [seq for seq, id in self._db.execute(query, (scan,)) if keep(id)][:limit]
         found = []
-        for seq in chosen:
-            row = self._db.execute("SELECT id, x, dtype, y FROM samples WHERE seq = ?", (seq,)).fetchone()
-            if row is not None:
-                found.append((row[0], np.frombuffer(row[1], dtype=np.dtype(row[2])), int(row[3])))
-        return found
+        for start in range(0, len(chosen), 500):  # under SQLite's limit on bound parameters
+            part = chosen[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found += self._db.execute(
+                f"SELECT id, x, dtype, y FROM samples WHERE seq IN ({marks}) ORDER BY seq DESC", part
+            ).fetchall()
+        return [(id, np.frombuffer(x, dtype=np.dtype(dtype)), int(y)) for id, x, dtype, y in found]
 
     def labeled(self) -> Iterable[tuple[str, np.ndarray[Any, Any], int]]:
         """Labeled samples in arrival order as (id, x, y)."""

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.errors import StateError
-from lifelong.files import digest as _digest
-from lifelong.files import fsync_dir as _fsync_dir
-from lifelong.files import write_atomically as write_atomically  # re-exported for existing callers
+from lifelong.files import digest as _digest  # a local name below is ``digest``
+from lifelong.files import fsync_dir, write_atomically
 
 MANIFEST = "manifest.json"
 POINTER = "CURRENT"
@@ -110,7 +109,7 @@ class SnapshotDir:
         write_atomically(draft.path / MANIFEST, json.dumps(body, indent=1).encode())
         final = self.root / draft.name
         os.replace(draft.path, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         write_atomically(self.root / POINTER, f"{draft.name}\n".encode())
         self._prune()
         return final
