@@ -82,6 +82,8 @@ def ingest_rate(bootstrap: str, topic: str, count: int, state: Path) -> float:
             "LIFELONG_KAFKA__GROUP_ID": f"ingest-{time.time_ns()}",
             "LIFELONG_DATA__FEATURES": str(FEATURES),
             "LIFELONG_STATE__DIR": str(state),
+            "LIFELONG_HTTP__PORT": "0",
+            "LIFELONG_HTTP__ADMIN_ENABLED": "false",
         },
     )
     with ExitStack() as stack:

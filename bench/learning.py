@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from lifelong.benchmarks import SCENARIOS, Scenario, scenario
-from lifelong.config import LearnerSettings
+from lifelong.config import LearnerSettings, ScheduleSettings
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import Labeled, Learner, as_inputs
 from lifelong.learners.gate import Gate
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=SCENARIOS, default="split-digits")
     parser.add_argument("--memory", type=int, default=500, help="rehearsal memory capacity (samples)")
     parser.add_argument(
-        "--round", type=int, default=None, help="samples per update round (default: learner.min_new_labels)"
+        "--round", type=int, default=None, help="samples per update round (default: schedule.min_new_labels)"
     )
     parser.add_argument(
         "--per-task",
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     sc = scenario(args.scenario, per_task=args.per_task, seed=settings.seed)
     if "model" not in overrides:  # the scenario's built-in: a CNN for images, an MLP for the rest
         settings = settings.model_copy(update={"model": sc.model})
-    round_size = args.round or settings.min_new_labels
+    round_size = args.round or ScheduleSettings().min_new_labels
     started = time.perf_counter()
     ours = run_lifelong(sc, settings, args.memory, round_size)
     seconds = {"lifelong": time.perf_counter() - started}

@@ -19,6 +19,7 @@ from lifelong.errors import ConfigError
 
 ENV_PREFIX = "LIFELONG_"
 ENV_DELIMITER = "__"
+ADMIN_TOKEN_ENV = "LIFELONG_ADMIN_TOKEN"
 
 
 class _Section(BaseModel):
@@ -32,6 +33,9 @@ class KafkaSettings(_Section):
     samples_topic: str = Field("lifelong.samples", min_length=1)
     feedback_topic: str = Field("lifelong.feedback", min_length=1)
     dead_letter_topic: str = Field("lifelong.dead-letters", min_length=1)
+    # Promoted, rejected and rolled-back versions, for serving processes that hot-reload.
+    models_topic: str = Field("lifelong.models", min_length=1)
+    predictions_topic: str = Field("lifelong.predictions", min_length=1)
     group_id: str = Field("lifelong", min_length=1)
     client_id: str = "lifelong"
     # Partitions the state holds no offset for start here.
@@ -113,9 +117,6 @@ class LearnerSettings(_Section):
     loss: Literal["asymmetric", "cross_entropy"] = "asymmetric"
     # Avalanche plugins by name with their keyword arguments; online EWC by default.
     plugins: dict[str, dict[str, Any]] = {"ewc": {}}
-    # An update round runs once this many new labels have arrived (and at the end of a burst).
-    min_new_labels: int = Field(1000, ge=1)
-    interval_s: float = Field(300.0, gt=0)
     # Share of labeled samples (by a hash of the id) never trained on: the gate's held-out data.
     holdout: float = Field(0.1, ge=0, lt=1)
     # The most recent held-out samples the gate scores on.
@@ -147,6 +148,66 @@ class LearnerSettings(_Section):
         }
 
 
+class ScheduleSettings(_Section):
+    """When update rounds run: on an interval and/or a cron expression, and when drift is detected."""
+
+    # Seconds between scheduled rounds; 0 turns the interval off (then ``cron`` should be set).
+    interval_s: float = Field(300.0, ge=0)
+    # A crontab expression ("*/15 * * * *"), in the daemon's local time zone; empty: none.
+    cron: str = ""
+    # A scheduled or drift-triggered round is skipped while fewer new labels than this wait.
+    min_new_labels: int = Field(1000, ge=1)
+    on_drift: bool = True
+    # A drift-triggered round runs once this many new labels wait (the new concept's first labels).
+    drift_min_labels: int = Field(100, ge=1)
+    # After a drift-triggered round, further drift alarms wait this long before triggering another.
+    drift_cooldown_s: float = Field(600.0, ge=0)
+    # SIGTERM: how long a running round may take to finish before it is abandoned (its labels retrain).
+    grace_s: float = Field(20.0, ge=0)
+
+
+class MonitorSettings(_Section):
+    """Live (prequential) accuracy, drift signals and the automatic rollback they drive."""
+
+    # Labeled predictions in the sliding window behind lifelong_prequential_accuracy.
+    window: int = Field(500, ge=10)
+    # Publish each prediction (id, version, class, scores) to [kafka] predictions_topic.
+    publish_predictions: bool = False
+    # Novelty: mean k-NN distance of new samples to the memory over the memory's own (1.0 = typical).
+    novelty_alarm: float = Field(1.5, gt=0)
+    novelty_clear: float = Field(1.2, gt=0)
+    novelty_batch: int = Field(256, ge=1)
+    # Label shift: Jensen-Shannon distance between the last ``window`` labels' classes and the window before.
+    label_shift_alarm: float = Field(0.3, gt=0, le=1)
+    label_shift_clear: float = Field(0.15, gt=0, le=1)
+    # Accuracy drops: ADWIN over the prequential 0/1 errors (delta: its false-alarm confidence).
+    adwin_delta: float = Field(0.002, gt=0, lt=1)
+    # An alarm stays raised at least this long (and until its score clears): hysteresis.
+    alarm_hold_s: float = Field(60.0, ge=0)
+    # Automatic rollback: a newly promoted version whose live accuracy falls below its predecessor's,
+    # both scored on the same live samples, by more than ``rollback_margin`` once ``rollback_min_labels``
+    # labeled predictions are in, within its first ``rollback_window`` labels.
+    auto_rollback: bool = True
+    rollback_margin: float = Field(0.05, ge=0, le=1)
+    rollback_min_labels: int = Field(200, ge=1)
+    rollback_window: int = Field(2000, ge=1)
+
+
+class HttpSettings(_Section):
+    """The HTTP port: /metrics, /healthz, /readyz, GET /versions and the admin POST /rollback."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    # Bearer token for mutating endpoints (or LIFELONG_ADMIN_TOKEN). Without one the daemon refuses
+    # to start unless ``admin_enabled = false`` turns the admin endpoints off.
+    admin_token: SecretStr | None = None
+    admin_enabled: bool = True
+    # The heartbeat file `lifelong check` reads (default: <state dir>/HEARTBEAT), and its staleness limit.
+    heartbeat_s: float = Field(5.0, gt=0)
+    heartbeat_stale_s: float = Field(60.0, gt=0)
+
+
 class Settings(_Section):
     """Everything the daemon reads from its configuration."""
 
@@ -155,6 +216,9 @@ class Settings(_Section):
     state: StateSettings = StateSettings()
     memory: MemorySettings = MemorySettings()
     learner: LearnerSettings = LearnerSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    http: HttpSettings = HttpSettings()
 
 
 def load_settings(
@@ -188,6 +252,10 @@ def load_settings(
 
 
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    if token := environ.get(ADMIN_TOKEN_ENV):  # the conventional name for a secret mounted from a vault
+        http = raw.setdefault("http", {})
+        if isinstance(http, dict):
+            http["admin_token"] = token
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or ENV_DELIMITER not in name:
             continue

@@ -30,3 +30,7 @@ class MissingExtraError(LifelongError, ImportError):
 
 class VersionNotFoundError(LifelongError, LookupError):
     """No model version has the number asked for; the message names it."""
+
+
+class RoundAbandoned(LifelongError, RuntimeError):
+    """An update round was stopped before it finished (shutdown); nothing of it was recorded."""

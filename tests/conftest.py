@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lifelong.connectors.broker import EmbeddedBroker
+from tests.kafka_setup import Setup
 
 _counter = itertools.count()
 
@@ -59,3 +60,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("LIFELONG_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def setup(broker, unique, make_config, tmp_path) -> Callable[..., Setup]:  # type: ignore[no-untyped-def]
+    """Make a :class:`Setup`: fresh topics on the session's broker and a config for them."""
+    return lambda name, **sections: Setup(broker, unique, make_config, tmp_path, name, **sections)

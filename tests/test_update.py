@@ -33,6 +33,9 @@ epochs = 5
 device = "cpu"
 model_options = {{ hidden = [64] }}
 holdout = 0.1
+[http]
+port = 0
+admin_token = "test-token"
 """
 
 

@@ -137,3 +137,15 @@ class DeadLetterSink(Protocol):
     def sent_since(self, positions: Mapping[int, int]) -> set[tuple[str, int, int]]:
         """Sources of the letters delivered at or after ``positions`` (found again after a crash)."""
         ...
+
+
+class Publisher(Protocol):
+    """Events for other processes on a topic (model events, predictions); never blocks for long."""
+
+    def publish(self, key: str, value: bytes) -> None:
+        """Send ``value`` keyed by ``key``."""
+        ...
+
+    def close(self) -> None:
+        """Deliver what is buffered and release the connection."""
+        ...

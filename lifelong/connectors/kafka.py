@@ -435,5 +435,42 @@ class KafkaDeadLetterSink:
         self._producer.close(timeout=self.timeout_s)
 
 
+class KafkaPublisher:
+    """Publishes JSON events to one topic without ever blocking the caller for long.
+
+    Model events and predictions are notices for other processes: when the cluster cannot take
+    them (an outage, a full buffer) they are counted in ``dropped`` and logged, never waited for.
+    """
+
+    def __init__(
+        self, *, topic: str, client_options: Mapping[str, Any], acks: int | str = 1, max_block_ms: int = 100
+    ) -> None:
+        from kafka import KafkaProducer
+
+        self.topic = topic
+        self.dropped = 0
+        self._producer = KafkaProducer(
+            acks=acks, linger_ms=20, max_block_ms=max_block_ms, **dict(client_options)
+        )
+
+    def publish(self, key: str, value: bytes) -> None:
+        """Hand ``value`` to the producer (delivered in the background)."""
+        try:
+            future = self._producer.send(self.topic, key=key.encode(), value=value)
+        except Exception as error:  # KafkaTimeoutError when full or the cluster is away
+            self._drop(error)
+            return
+        future.add_errback(self._drop)
+
+    def _drop(self, error: BaseException) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning("%d events for %r not delivered so far (last: %r)", self.dropped, self.topic, error)
+
+    def close(self) -> None:
+        """Deliver what is buffered (a few seconds at most) and close."""
+        self._producer.close(timeout=5)
+
+
 if __name__ == "__main__":
     _fetch(Connection(int(sys.argv[1]), readable=False), Connection(int(sys.argv[2]), writable=False))

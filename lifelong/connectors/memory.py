@@ -122,3 +122,18 @@ class MemoryDeadLetterSink:
                 if source is not None:
                     found.add(source)
         return found
+
+
+class MemoryPublisher:
+    """A :class:`~lifelong.connectors.base.Publisher` onto a :class:`MemoryBus` topic."""
+
+    def __init__(self, *, bus: MemoryBus, topic: str) -> None:
+        self.bus = bus
+        self.topic = topic
+
+    def publish(self, key: str, value: bytes) -> None:
+        """Append to the topic."""
+        self.bus.produce(self.topic, value, key=key.encode())
+
+    def close(self) -> None:
+        """Nothing to release."""

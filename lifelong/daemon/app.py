@@ -1,23 +1,37 @@
-"""The daemon's lifecycle: starting, running, stopping, stopped; burst mode; the shutdown summary."""
+"""The daemon's lifecycle: starting, running, stopping, stopped; burst mode; heartbeat; the shutdown summary.
+
+The consumer loop runs on the calling thread and never waits for training:
+update rounds run on the scheduler's worker thread, the HTTP port on its own.
+A stop (SIGTERM, SIGINT) ends the loop after the batch in hand, lets a running
+round finish within half the grace period and abandons it after that, then
+commits the offsets and snapshots the memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import logging
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
+from lifelong.daemon.api import HttpServer
+from lifelong.daemon.control import Controller
 from lifelong.daemon.ingest import Ingestor
+from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.remember import MemoryFeed
-from lifelong.daemon.update import Updater
+from lifelong.daemon.scheduling import Schedule
 from lifelong.errors import LifelongError, StateError
+from lifelong.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +80,30 @@ class StateLock:
             self._file = None
 
 
+HEARTBEAT_FORMAT = 1
+
+
+def read_heartbeat(path: Path) -> dict[str, Any] | None:
+    """The heartbeat a daemon last wrote, or None when there is none readable."""
+    try:
+        beat = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(beat, dict) or beat.get("format") != HEARTBEAT_FORMAT:
+        return None
+    return beat
+
+
+@dataclass(frozen=True)
+class Probation:
+    """How a newly promoted version is judged on live accuracy (see :mod:`lifelong.daemon.live`)."""
+
+    enabled: bool = True
+    margin: float = 0.05
+    min_labels: int = 200
+    window: int = 2000
+
+
 class Daemon:
     """Runs ingestion until stopped, or in burst mode until the topics are drained.
 
@@ -82,26 +120,44 @@ class Daemon:
         ingestor: Ingestor,
         feed: MemoryFeed | None = None,
         feed_interval_s: float = 2.0,
-        updater: Updater | None = None,
-        update_interval_s: float = 300.0,
-        min_new_labels: int = 1000,
+        control: Controller | None = None,
+        schedule: Schedule | None = None,
+        http: HttpServer | None = None,
+        metrics: Metrics | None = None,
+        probation: Probation = Probation(),
+        lock: AbstractContextManager[Any] | None = None,
+        heartbeat: Path | None = None,
+        heartbeat_s: float = 5.0,
+        heartbeat_stale_s: float = 60.0,
+        grace_s: float = 20.0,
         poll_timeout_s: float = 0.5,
+        gauges_interval_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ingestor = ingestor
         self.feed = feed
         self.feed_interval_s = feed_interval_s
-        self._last_feed = clock()
-        self.updater = updater
-        self.update_interval_s = update_interval_s
-        self.min_new_labels = min_new_labels
-        self._last_update = clock()
-        self.updates: Counter[str] = Counter()
+        self.control = control
+        self.schedule = schedule
+        self.http = http
+        self.metrics = metrics
+        self.probation = probation
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.heartbeat = heartbeat
+        self.heartbeat_s = heartbeat_s
+        self.heartbeat_stale_s = heartbeat_stale_s
+        self.grace_s = grace_s
         self.poll_timeout_s = poll_timeout_s
+        self.gauges_interval_s = gauges_interval_s
         self.clock = clock
         self._state = RunState.STARTING
         self._stop = threading.Event()
+        self._drift_due = threading.Event()
         self._started_at = clock()
+        self._last_feed = clock()
+        self._last_beat = -float("inf")
+        self._last_loop = clock()
+        self._last_gauges = -float("inf")
 
     @property
     def state(self) -> RunState:
@@ -112,73 +168,163 @@ class Daemon:
         """Ask the daemon to stop after the batch in hand; safe from signal handlers, idempotent."""
         self._stop.set()
 
+    def drift(self, signals: list[str]) -> None:
+        """Drift alarms were raised: a round runs now unless the cooldown says otherwise."""
+        if self.control is not None and self.control.drift(signals):
+            self._drift_due.set()
+
     def run(self, *, burst: bool = False) -> None:
         """Ingest until :meth:`stop` (or, with ``burst``, until every partition is drained)."""
         self.ingestor.recover()
         self._state = RunState.RUNNING
+        if self.http is not None:
+            self.http.start()
+        if self.schedule is not None and not burst:
+            self.schedule.start()
         log.info("running%s", " (burst: until drained)" if burst else "")
         try:
             while not self._stop.is_set():
                 handled = self.ingestor.step(self.poll_timeout_s)
                 self._follow(idle=not handled)
+                self._tick()
                 if burst and not handled and self.ingestor.source.lag().drained:
                     if self.feed is not None:
-                        self.feed.catch_up()
-                    self._update(due=True)
+                        with self.lock:
+                            self.feed.catch_up()
+                    if self.control is not None:
+                        self.control.run_round("burst")
                     break
-                self._update(due=False)
         finally:
-            self._state = RunState.STOPPING
-            try:
-                self.ingestor.commit()
-            except LifelongError as error:  # the state holds the offsets; the group's copy can wait
-                log.warning("could not commit offsets to the consumer group at shutdown: %s", error)
-            if self.feed is not None:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._state = RunState.STOPPING
+        self._beat(force=True)
+        if self.schedule is not None:
+            self.schedule.shutdown()
+        if self.control is not None:
+            self.control.close()
+            if not self.control.wait(self.grace_s / 2):
+                log.warning("the update round has not finished within %.0fs: abandoning it", self.grace_s / 2)
+                self.control.abandon()
+                if not self.control.wait(self.grace_s / 2):
+                    log.error("the update round did not stop in time; exiting without it")
+        try:
+            self.ingestor.commit()
+        except LifelongError as error:  # the state holds the offsets; the group's copy can wait
+            log.warning("could not commit offsets to the consumer group at shutdown: %s", error)
+        if self.feed is not None:
+            with self.lock:
                 self.feed.maybe_snapshot(force=True)
-            self._state = RunState.STOPPED
+        if self.http is not None:
+            self.http.close()
+        self._state = RunState.STOPPED
+        self._beat(force=True)
 
     def _follow(self, *, idle: bool) -> None:
         """Let the memory catch up: a round when idle, else at most every ``feed_interval_s``."""
         if self.feed is None or not (idle or self.clock() - self._last_feed >= self.feed_interval_s):
             return
         self._last_feed = self.clock()
-        self.feed.step()
-        self.feed.maybe_snapshot()
+        with self.lock:
+            self.feed.step()
+            self.feed.maybe_snapshot()
 
-    def _update(self, *, due: bool) -> None:
-        """An update round when ``due`` (end of a burst) or when the interval has passed with enough labels.
+    def _tick(self) -> None:
+        """Once per loop: heartbeat, gauges, the probation check, a drift-triggered round."""
+        self._last_loop = self.clock()
+        self._beat()
+        control = self.control
+        if control is not None:
+            if self.probation.enabled:
+                control.check_probation(
+                    margin=self.probation.margin,
+                    min_labels=self.probation.min_labels,
+                    window=self.probation.window,
+                )
+            if self._drift_due.is_set() and self.schedule is not None:
+                self._drift_due.clear()
+                self.schedule.trigger_now("drift")
+        if self.metrics is not None and self.clock() - self._last_gauges >= self.gauges_interval_s:
+            self._last_gauges = self.clock()
+            self._gauges(self.metrics)
 
-        Rounds run inline for now: ingestion waits while one trains.
-        """
-        if self.updater is None:
+    def _gauges(self, metrics: Metrics) -> None:
+        lag = self.ingestor.source.lag()
+        for (topic, partition), behind in lag.behind.items():
+            metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, behind))
+        with self.lock:
+            status = self.ingestor.store.status()
+            if self.feed is not None:
+                memory = self.feed.memory
+                metrics.set_memory(size=memory.size, capacity=memory.capacity, classes=memory.classes())
+        metrics.samples_stored.set(status.samples)
+        metrics.waiting_samples.set(status.waiting)
+        if self.control is not None:
+            metrics.pending_labels.set(self.control.updater.pending())
+
+    def _beat(self, *, force: bool = False) -> None:
+        if self.metrics is not None:
+            self.metrics.heartbeat.set_to_current_time()
+            self.metrics.ready.set(int(self.readiness()[0]))
+        if self.heartbeat is None or (not force and self.clock() - self._last_beat < self.heartbeat_s):
             return
-        if not due:
-            if self.clock() - self._last_update < self.update_interval_s:
-                return
-            self._last_update = self.clock()
-            if self.updater.pending() < self.min_new_labels:
-                self.updater.load_champion()  # follow a rollback made from the command line
-                return
-        self._last_update = self.clock()
-        try:
-            outcome = self.updater.run_round()
-        except Exception:
-            self.updates["failed"] += 1
-            log.exception(
-                "update round failed; the champion keeps serving, the labels wait for the next round"
-            )
-            return
-        if outcome is None:
-            return
-        self.updates["promoted" if outcome.promoted else "rejected"] += 1
-        log.info(
-            "update round: version %d %s after %.1fs on %d samples (%s)",
-            outcome.version.version,
-            "promoted" if outcome.promoted else "rejected",
-            outcome.seconds,
-            outcome.samples,
-            outcome.version.reason,
-        )
+        self._last_beat = self.clock()
+        beat = {
+            "format": HEARTBEAT_FORMAT,
+            "pid": os.getpid(),
+            "state": self._state.value,
+            "ts": time.time(),
+            "stale_after_s": self.heartbeat_stale_s,
+            "http_port": self.http.port if self.http is not None else None,
+        }
+        write_atomically(self.heartbeat, json.dumps(beat).encode())
+
+    # -- what the HTTP endpoints ask -----------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive: the consumer loop went round recently."""
+        since = self.clock() - self._last_loop
+        alive = self._state in (RunState.STARTING, RunState.RUNNING) and since < self.heartbeat_stale_s
+        return alive, {"state": self._state.value, "loop_age_s": round(since, 3)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: running, partitions assigned, broker reachable, the champion loaded (if there is one)."""
+        source = self.ingestor.source
+        lag = source.lag()
+        checks = {
+            "running": self._state == RunState.RUNNING,
+            "partitions_assigned": bool(lag.behind) or lag.unknown > 0,
+            "broker_reachable": bool(getattr(source, "connected", True)),
+            "model_loaded": self._model_loaded(),
+        }
+        return all(checks.values()), {"checks": checks}
+
+    def _model_loaded(self) -> bool:
+        if self.control is None:
+            return True
+        updater = self.control.updater
+        return updater.serving is not None or updater.registry.champion() is None
+
+    def versions(self) -> dict[str, Any]:
+        """The serving version, the registry's champion and every version."""
+        if self.control is None:
+            return {"serving": None, "champion": None, "versions": []}
+        registry = self.control.updater.registry
+        champion = registry.champion()
+        return {
+            "serving": self.control.updater.serving,
+            "champion": champion.version if champion else None,
+            "versions": [v.to_json() for v in registry.versions()],
+        }
+
+    def rollback(self, version: int | None, reason: str) -> dict[str, Any]:
+        """A manual rollback; what serves before and after."""
+        if self.control is None:
+            raise StateError("learning is disabled ([learner] enabled = false): there are no versions")
+        before = self.control.updater.serving
+        target = self.control.rollback(version, reason=reason, trigger="manual")
+        return {"previous": before, "champion": target.version, "serving": self.control.updater.serving}
 
     def summary(self) -> str:
         """One line of counters for the log at shutdown."""
@@ -194,9 +340,8 @@ class Daemon:
             "expired",
         )
         counts = " ".join(f"{name}={totals[name]}" for name in fields)
-        if self.updater is not None:
-            counts += (
-                f" promoted={self.updates['promoted']} rejected={self.updates['rejected']}"
-                f" failed={self.updates['failed']}"
-            )
+        if self.control is not None:
+            counts += " " + " ".join(f"{k}={v}" for k, v in self.control.counts.items())
+            counts += f" rollbacks={sum(self.control.rollbacks.values())}"
+            counts += f" serving={self.control.updater.serving}"
         return f"stopped after {self.clock() - self._started_at:.1f}s: {counts}"

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ def _configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("kafka", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" each interval a round outlasts.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -54,6 +57,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from lifelong.daemon.app import RunState
     from lifelong.daemon.wiring import build_daemon
 
     settings = _settings(args)
@@ -61,6 +65,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         daemon = build_daemon(settings, stack)
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
+            if daemon.state in (RunState.STOPPING, RunState.STOPPED) and daemon.control is not None:
+                log.warning("received %s again: abandoning the update round now", signal.Signals(signum).name)
+                daemon.control.abandon()
+                return
             log.info("received %s: stopping", signal.Signals(signum).name)
             daemon.stop()
 
@@ -71,6 +79,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         finally:
             log.info(daemon.summary())
     return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from lifelong.daemon.app import RunState, read_heartbeat
+    from lifelong.daemon.wiring import heartbeat_path
+
+    settings = _settings(args)
+    path = heartbeat_path(settings)
+    beat = read_heartbeat(path)
+    if beat is None:
+        print(json.dumps({"ok": False, "reason": f"no readable heartbeat at {path}"}))
+        return 1
+    age = time.time() - float(beat["ts"])
+    stale_after = float(beat.get("stale_after_s", settings.http.heartbeat_stale_s))
+    ok = beat.get("state") == RunState.RUNNING.value and age <= stale_after
+    reason = (
+        "running"
+        if ok
+        else f"state {beat.get('state')!r}"
+        if beat.get("state") != RunState.RUNNING.value
+        else f"heartbeat {age:.0f}s old (limit {stale_after:.0f}s)"
+    )
+    print(json.dumps({"ok": ok, "reason": reason, "age_s": round(age, 3), "pid": beat.get("pid")}))
+    return 0 if ok else 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -201,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit once every partition is drained (tests, backfills)",
     )
     run.set_defaults(handler=_cmd_run)
+
+    check = commands.add_parser(
+        "check",
+        help="exit 0 if the daemon is running and its heartbeat is fresh, else 1",
+        description="Read the heartbeat the daemon writes in its state directory: exit 0 when it is "
+        "running and the heartbeat is newer than [http] heartbeat_stale_s, 1 otherwise (for "
+        "systemd, cron or a container health check).",
+    )
+    check.add_argument("--config", "-c", help="TOML settings file")
+    check.set_defaults(handler=_cmd_check)
 
     status = commands.add_parser(
         "status",

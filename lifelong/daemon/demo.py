@@ -101,6 +101,8 @@ def run_demo(state_dir: Path = Path("demo-state")) -> dict[str, Any]:
                 "LIFELONG_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
                 "LIFELONG_KAFKA__TOPIC_PARTITIONS": "2",
                 "LIFELONG_STATE__DIR": str(state_dir),
+                "LIFELONG_HTTP__PORT": "0",
+                "LIFELONG_HTTP__ADMIN_ENABLED": "false",
             },
         )
         print(f"1. embedded broker on {broker.bootstrap_servers} (memory only)")

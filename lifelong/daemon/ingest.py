@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
 
 from lifelong.connectors.base import Batch, DeadLetter, DeadLetterSink, Source, TopicPartition
 from lifelong.events import Decoded, TopicDecoder
 from lifelong.memory.samples import Applied, IngestBatch, SampleStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What one stored batch held, for the watchers after ingestion (metrics, live accuracy)."""
+
+    batch: IngestBatch
+    applied: Applied
+    events: Counter[tuple[str, str]]  # (topic, "accepted" | "rejected") -> count
 
 
 class Ingestor:
@@ -35,6 +48,8 @@ class Ingestor:
         store: SampleStore,
         decode: TopicDecoder,
         commit_interval_s: float = 1.0,
+        lock: AbstractContextManager[Any] | None = None,
+        on_stored: Callable[[Stored], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
@@ -42,6 +57,9 @@ class Ingestor:
         self.store = store
         self.decode = decode
         self.commit_interval_s = commit_interval_s
+        # Held while a batch is stored: update rounds read the store from another thread.
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.on_stored = on_stored
         self.clock = clock
         self.totals: Counter[str] = Counter()
         self._positions: dict[TopicPartition, int] = {}
@@ -70,10 +88,13 @@ class Ingestor:
         """Decode, dead-letter and store ``batches`` in one transaction."""
         batch = IngestBatch()
         letters: list[DeadLetter] = []
+        events: Counter[tuple[str, str]] = Counter()
         handled = 0
         for part in batches:
             decoded: Decoded = part.decoded or self.decode(part.topic, part.values)
             topic, partition, offsets, stamps = part.topic, part.partition, part.offsets, part.timestamps
+            events[(topic, "accepted")] += len(decoded.rows)
+            events[(topic, "rejected")] += len(decoded.rejections)
             if decoded.feedback:
                 batch.feedback.extend(
                     (*row, stamps[i]) for row, i in zip(decoded.rows, decoded.positions, strict=True)
@@ -96,13 +117,16 @@ class Ingestor:
             # Delivered before the offsets move past them: a crash in between re-reads them,
             # and recover() keeps the second copy from being sent.
             batch.dead_letter_positions = dict(self.sink.send(letters))
-        applied = self.store.apply(batch)
+        with self.lock:
+            applied = self.store.apply(batch)
         self._count(batch, applied)
         self._positions.update(
             (TopicPartition(topic, partition), offset)
             for (topic, partition), offset in batch.positions.items()
         )
         self._uncommitted = True
+        if self.on_stored is not None:
+            self.on_stored(Stored(batch=batch, applied=applied, events=events))
         return handled
 
     def commit(self) -> None:

@@ -12,8 +12,10 @@ from the command line while the daemon runs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,15 @@ class Outcome:
     samples: int
     seconds: float
     loss: float
+    parent: int | None = None
+
+    @property
+    def forgetting(self) -> float | None:
+        """How much worse than its champion the candidate did on the memory's held-out samples."""
+        scores = self.version.scores
+        if "champion_memory" not in scores or "candidate_memory" not in scores:
+            return None
+        return float(scores["champion_memory"]) - float(scores["candidate_memory"])
 
 
 class Updater:
@@ -66,6 +77,7 @@ class Updater:
         max_round_samples: int = 100_000,
         config: dict[str, Any] | None = None,
         before_round: Callable[[], None] | None = None,
+        lock: AbstractContextManager[Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.trainer = trainer
@@ -77,8 +89,12 @@ class Updater:
         self.max_round_samples = max_round_samples
         self.config = config or {}
         self.before_round = before_round
+        # Held while the round reads the store and the memory, which the consumer thread writes.
+        self.lock = lock if lock is not None else threading.RLock()
+        self._swap = threading.RLock()  # the served champion changes under it (rounds, rollbacks)
         self.clock = clock
         self._serving: int | None = None
+        self._predecessor: tuple[int, Learner] | None = None
         versions = registry.versions()
         self._cursor = _trained_upto(versions)
         # Where the newest version's Kafka offset ranges end: the next version's start there.
@@ -96,6 +112,15 @@ class Updater:
         return self._serving
 
     @property
+    def predecessor(self) -> tuple[int, Learner] | None:
+        """The champion the serving one replaced in this process, while it is kept for comparison."""
+        return self._predecessor
+
+    def forget_predecessor(self) -> None:
+        """Release the predecessor (its comparison is over)."""
+        self._predecessor = None
+
+    @property
     def cursor(self) -> int:
         """The last label event an update round has trained on."""
         return self._cursor
@@ -106,6 +131,10 @@ class Updater:
 
     def load_champion(self) -> bool:
         """Serve the registry's champion if it is not the one in memory; keep the old one if it fails."""
+        with self._swap:
+            return self._load_champion()
+
+    def _load_champion(self) -> bool:
         champion = self.registry.champion()
         if champion is None or champion.version == self._serving:
             return False
@@ -124,12 +153,17 @@ class Updater:
             )
             return False
         self.trainer.promote(learner)
+        self._predecessor = None
         log.info("serving model version %d (was %s)", champion.version, self._serving)
         self._serving = champion.version
         return True
 
-    def run_round(self) -> Outcome | None:
-        """Train on the labels since the last round, gate, record the version; None when there are none."""
+    def run_round(self, *, stop: Callable[[], bool] | None = None) -> Outcome | None:
+        """Train on the labels since the last round, gate, record the version; None when there are none.
+
+        ``stop`` is asked between training steps: when it answers True the round is abandoned
+        (:class:`~lifelong.errors.RoundAbandoned`), nothing is recorded and its labels wait.
+        """
         started = self.clock()
         self.load_champion()
         champion = self.registry.champion()
@@ -140,43 +174,33 @@ class Updater:
                 champion.version,
             )
             return None
-        events = self.store.label_events(self._cursor, self.max_round_samples)
-        if not events:
+        with self.lock:
+            gathered = self._gather()
+        if gathered is None:
             return None
-        first, last = events[0][0], events[-1][0]
-        latest: dict[str, tuple[int, bytes, str]] = {}
-        for _, id, y, x, dtype in events:  # an id labeled twice in the range keeps its last label
-            latest[id] = (y, x, dtype)
-        new = Labeled(
-            ids=list(latest),
-            x=_rows([np.frombuffer(x, dtype=np.dtype(d)) for _, x, d in latest.values()], self.features),
-            y=np.asarray([y for y, _, _ in latest.values()], dtype=np.int64),
-        )
-        if not len(self.trainer.split(new)[0]):  # every label in the range is held out
-            self._cursor = last
-            return None
-        if self.before_round is not None:
-            self.before_round()  # the memory catches up and snapshots: the round's lineage names it
-        recent = self._recent()
-        held = self.memory.select(self.trainer.held_out)
-        remembered = Labeled(ids=held.ids, x=held.x, y=held.y)
+        new, recent, remembered, (first, last), snapshot = gathered
         parent = self._serving
-        result = self.trainer.round(new, replay=self.memory, recent=recent, remembered=remembered)
+        result = self.trainer.round(
+            new, replay=_Locked(self.memory, self.lock), recent=recent, remembered=remembered, stop=stop
+        )
         checkpoint = result.candidate.checkpoint()
+        with self.lock:
+            offsets = self._offset_ranges()
+        scores = finite(result.verdict.scores)
+        if np.isfinite(result.report.loss):
+            scores["training_loss"] = result.report.loss
         version = self.registry.add(
             weights=checkpoint.weights,
             state=checkpoint.state,
             promote=result.verdict.promote,
-            scores=finite(result.verdict.scores) | {"training_loss": result.report.loss}
-            if np.isfinite(result.report.loss)
-            else finite(result.verdict.scores),
+            scores=scores,
             parent=parent,
             lineage={
                 LINEAGE_CURSOR: [first, last],
                 "samples": result.report.samples,
                 "replayed": result.report.replayed,
-                "offsets": self._offset_ranges(),
-                "memory_snapshot": _snapshot_name(self.memory),
+                "offsets": offsets,
+                "memory_snapshot": snapshot,
             },
             config=self.config,
             learner=checkpoint.meta,
@@ -188,15 +212,42 @@ class Updater:
             self._cursor = last
         promoted = version.decision == "promoted"
         if promoted:
-            self.trainer.promote(result.candidate)
-            self._serving = version.version
+            with self._swap:
+                previous = self.trainer.champion
+                self._predecessor = (parent, previous) if parent is not None and previous else None
+                self.trainer.promote(result.candidate)
+                self._serving = version.version
         return Outcome(
             version=version,
             promoted=promoted,
             samples=result.report.samples,
             seconds=self.clock() - started,
             loss=result.report.loss,
+            parent=parent,
         )
+
+    def _gather(self) -> tuple[Labeled, Labeled, Labeled, tuple[int, int], str | None] | None:
+        """The round's labels, the gate's recent and remembered sets, the label-event range, the snapshot."""
+        events = self.store.label_events(self._cursor, self.max_round_samples)
+        if not events:
+            return None
+        first, last = events[0][0], events[-1][0]
+        latest: dict[str, tuple[int, bytes, str]] = {}
+        for _, id, y, x, dtype in events:  # an id labeled twice in the range keeps its last label
+            latest[id] = (y, x, dtype)
+        new = Labeled(
+            ids=list(latest),
+            x=stack_rows([np.frombuffer(x, dtype=np.dtype(d)) for _, x, d in latest.values()], self.features),
+            y=np.asarray([y for y, _, _ in latest.values()], dtype=np.int64),
+        )
+        if not len(self.trainer.split(new)[0]):  # every label in the range is held out
+            self._cursor = last
+            return None
+        if self.before_round is not None:
+            self.before_round()  # the memory catches up and snapshots: the round's lineage names it
+        held = self.memory.select(self.trainer.held_out)
+        remembered = Labeled(ids=held.ids, x=held.x, y=held.y)
+        return new, self._recent(), remembered, (first, last), _snapshot_name(self.memory)
 
     def _offset_ranges(self) -> dict[str, list[int]]:
         """Per partition, [first, next) offsets ingested since the previous version was recorded."""
@@ -218,9 +269,21 @@ class Updater:
         )
         return Labeled(
             ids=[id for id, _, _ in rows],
-            x=_rows([x for _, x, _ in rows], self.features),
+            x=stack_rows([x for _, x, _ in rows], self.features),
             y=np.asarray([y for _, _, y in rows], dtype=np.int64),
         )
+
+
+class _Locked:
+    """The memory as a replay source whose draws take the state lock (the consumer adds beside them)."""
+
+    def __init__(self, memory: RehearsalMemory, lock: AbstractContextManager[Any]) -> None:
+        self.memory = memory
+        self.lock = lock
+
+    def sample(self, n: int, *, balanced: bool = False) -> Any:
+        with self.lock:
+            return self.memory.sample(n, balanced=balanced)
 
 
 def _trained_upto(versions: list[ModelVersion]) -> int:
@@ -231,7 +294,8 @@ def _trained_upto(versions: list[ModelVersion]) -> int:
     )
 
 
-def _rows(parts: list[np.ndarray[Any, Any]], features: int) -> np.ndarray[Any, Any]:
+def stack_rows(parts: list[np.ndarray[Any, Any]], features: int) -> np.ndarray[Any, Any]:
+    """Decoded inputs as one matrix (uint8 intensities become [0, 1] floats when types are mixed)."""
     if not parts:
         return np.zeros((0, features), dtype=np.float32)
     dtypes = {part.dtype for part in parts}

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+import threading
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lifelong.config import KafkaSettings, Settings
-from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaSource, ensure_topics
-from lifelong.daemon.app import Daemon, StateLock
+from prometheus_client import CollectorRegistry
+
+from lifelong.config import ADMIN_TOKEN_ENV, KafkaSettings, Settings
+from lifelong.connectors.base import DeadLetterSink, Publisher, Source
+from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaPublisher, KafkaSource, ensure_topics
+from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
+from lifelong.daemon.api import HttpApi, HttpServer
+from lifelong.daemon.app import Daemon, Probation, StateLock
+from lifelong.daemon.control import Controller
+from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.ingest import Ingestor
+from lifelong.daemon.live import LiveAccuracy
+from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.remember import MemoryFeed
+from lifelong.daemon.scheduling import Schedule
 from lifelong.daemon.update import Updater
+from lifelong.daemon.watch import Watch
 from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
+from lifelong.learners.base import Learner
 from lifelong.learners.gate import Gate
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
@@ -88,21 +102,94 @@ def memory_status(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
-    """A daemon reading the configured Kafka topics into the configured state directory.
+@dataclass(frozen=True)
+class Connectors:
+    """Where the daemon's events come from and go: Kafka, or a :class:`MemoryBus` in tests."""
 
-    Everything it opens is closed by ``stack``.
-    """
+    source: Callable[[Mapping[tuple[str, int], int], TopicDecoder], Source]
+    dead_letters: DeadLetterSink
+    publisher: Callable[[str], Publisher]
+
+
+def kafka_connectors(settings: Settings, stack: ExitStack) -> Connectors:
+    """The configured Kafka cluster's topics (created first when ``create_topics``)."""
     kafka = settings.kafka
     options = client_options(kafka)
-    stack.enter_context(StateLock(settings.state.dir))
-    store = stack.enter_context(open_store(settings))
     if kafka.create_topics:
         ensure_topics(
             client_options=options,
             partitions=kafka.topic_partitions,
-            topics=[kafka.samples_topic, kafka.feedback_topic, kafka.dead_letter_topic],
+            topics=[kafka.samples_topic, kafka.feedback_topic, kafka.dead_letter_topic, kafka.models_topic],
         )
+    sink = KafkaDeadLetterSink(topic=kafka.dead_letter_topic, client_options=options)
+    stack.callback(sink.close)
+
+    def source(positions: Mapping[tuple[str, int], int], decode: TopicDecoder) -> Source:
+        kafka_source = KafkaSource(
+            topics=[kafka.samples_topic, kafka.feedback_topic],
+            group_id=kafka.group_id,
+            client_options=options,
+            positions=positions,
+            start_from=kafka.start_from,
+            max_poll_records=kafka.max_poll_records,
+            fetchers=kafka.fetchers,
+            decode=decode,
+        )
+        stack.callback(kafka_source.close)
+        return kafka_source
+
+    def publisher(topic: str) -> Publisher:
+        # Model events wait for every replica (a serving process must not miss one); predictions do not.
+        model_events = topic == kafka.models_topic
+        sent = KafkaPublisher(
+            topic=topic,
+            client_options=options,
+            acks="all" if model_events else 1,
+            max_block_ms=2000 if model_events else 100,
+        )
+        stack.callback(sent.close)
+        return sent
+
+    return Connectors(source=source, dead_letters=sink, publisher=publisher)
+
+
+def memory_connectors(settings: Settings, bus: MemoryBus) -> Connectors:
+    """The configured topics on an in-process :class:`MemoryBus` (tests, dry runs)."""
+    kafka = settings.kafka
+
+    def source(positions: Mapping[tuple[str, int], int], decode: TopicDecoder) -> Source:
+        return MemorySource(
+            bus=bus,
+            topics=[kafka.samples_topic, kafka.feedback_topic],
+            positions=lambda tp: positions.get((tp.topic, tp.partition)),
+            max_poll_records=kafka.max_poll_records,
+        )
+
+    return Connectors(
+        source=source,
+        dead_letters=MemoryDeadLetterSink(bus=bus, topic=kafka.dead_letter_topic),
+        publisher=lambda topic: MemoryPublisher(bus=bus, topic=topic),
+    )
+
+
+def build_daemon(
+    settings: Settings,
+    stack: ExitStack,
+    *,
+    connectors: Connectors | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+) -> Daemon:
+    """A daemon reading the configured topics (Kafka unless ``connectors`` say otherwise) into the state.
+
+    Everything it opens is closed by ``stack``. Metrics go to ``metrics_registry`` (a fresh
+    one by default, so two daemons in one process never share series).
+    """
+    kafka = settings.kafka
+    token, admin_enabled = _admin_token(settings)  # a missing token fails before anything starts
+    stack.enter_context(StateLock(settings.state.dir))
+    store = stack.enter_context(open_store(settings))
+    if connectors is None:
+        connectors = kafka_connectors(settings, stack)
     decode = TopicDecoder(
         samples_topic=kafka.samples_topic,
         feedback_topic=kafka.feedback_topic,
@@ -110,19 +197,8 @@ def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
         max_classes=settings.data.max_classes,
         max_message_bytes=settings.data.max_message_bytes,
     )
-    sink = KafkaDeadLetterSink(topic=kafka.dead_letter_topic, client_options=options)
-    stack.callback(sink.close)
-    source = KafkaSource(
-        topics=[kafka.samples_topic, kafka.feedback_topic],
-        group_id=kafka.group_id,
-        client_options=options,
-        positions=store.positions(),
-        start_from=kafka.start_from,
-        max_poll_records=kafka.max_poll_records,
-        fetchers=kafka.fetchers,
-        decode=decode,
-    )
-    stack.callback(source.close)
+    lock = threading.RLock()  # the store and memory: the consumer writes, update rounds read
+    metrics = Metrics(registry=metrics_registry if metrics_registry is not None else CollectorRegistry())
     memory = open_memory(settings)
     stack.callback(memory.close)
     feed = MemoryFeed(
@@ -133,18 +209,111 @@ def build_daemon(settings: Settings, stack: ExitStack) -> Daemon:
         retain_after=lambda: updater.cursor if updater is not None else feed.position,
     )
     updater = (
-        build_updater(settings, store=store, memory=memory, feed=feed) if settings.learner.enabled else None
+        build_updater(settings, store=store, memory=memory, feed=feed, lock=lock)
+        if settings.learner.enabled
+        else None
     )
+    monitor = settings.monitor
+    live = LiveAccuracy(window=monitor.window)
+    control = schedule = None
     if updater is not None:
         updater.load_champion()
-    return Daemon(
-        ingestor=Ingestor(source=source, sink=sink, store=store, decode=decode),
+        control = Controller(
+            updater=updater,
+            metrics=metrics,
+            live=live,
+            min_new_labels=settings.schedule.min_new_labels,
+            drift_min_labels=settings.schedule.drift_min_labels,
+            drift_cooldown_s=settings.schedule.drift_cooldown_s,
+            on_drift=settings.schedule.on_drift,
+            events=connectors.publisher(kafka.models_topic),
+        )
+        schedule = Schedule(
+            interval_s=settings.schedule.interval_s, cron=settings.schedule.cron, run=control.run_round
+        )
+    predictions = connectors.publisher(kafka.predictions_topic) if monitor.publish_predictions else None
+    drift = DriftMonitor(
+        classes=settings.data.max_classes,
+        window=monitor.window,
+        novelty_alarm=monitor.novelty_alarm,
+        novelty_clear=monitor.novelty_clear,
+        label_shift_alarm=monitor.label_shift_alarm,
+        label_shift_clear=monitor.label_shift_clear,
+        adwin_delta=monitor.adwin_delta,
+        hold_s=monitor.alarm_hold_s,
+    )
+    source = connectors.source(store.positions(), decode)
+    daemon = Daemon(
+        ingestor=Ingestor(source=source, sink=connectors.dead_letters, store=store, decode=decode, lock=lock),
         feed=feed,
         feed_interval_s=settings.memory.follow_interval_s,
-        updater=updater,
-        update_interval_s=settings.learner.interval_s,
-        min_new_labels=settings.learner.min_new_labels,
+        control=control,
+        schedule=schedule,
+        metrics=metrics,
+        probation=Probation(
+            enabled=monitor.auto_rollback,
+            margin=monitor.rollback_margin,
+            min_labels=monitor.rollback_min_labels,
+            window=monitor.rollback_window,
+        ),
+        lock=lock,
+        heartbeat=heartbeat_path(settings),
+        heartbeat_s=settings.http.heartbeat_s,
+        heartbeat_stale_s=settings.http.heartbeat_stale_s,
+        grace_s=settings.schedule.grace_s,
     )
+    watch = Watch(
+        live=live,
+        drift=drift,
+        metrics=metrics,
+        models=_predicting(updater),
+        memory=memory,
+        lock=lock,
+        features=settings.data.features,
+        novelty_batch=monitor.novelty_batch,
+        predictions=predictions,
+        on_alarm=daemon.drift,
+    )
+    daemon.ingestor.on_stored = watch.observe
+    if settings.http.enabled:
+        app = HttpApi(admin=daemon, registry=metrics.registry, token=token, admin_enabled=admin_enabled)
+        daemon.http = HttpServer(app=app, host=settings.http.host, port=settings.http.port)
+        stack.callback(daemon.http.close)
+    return daemon
+
+
+def heartbeat_path(settings: Settings) -> Path:
+    """Where the daemon writes its heartbeat and `lifelong check` reads it."""
+    return Path(settings.state.dir) / "HEARTBEAT"
+
+
+def _admin_token(settings: Settings) -> tuple[str | None, bool]:
+    http = settings.http
+    token = http.admin_token.get_secret_value() if http.admin_token else None
+    if http.enabled and http.admin_enabled and not token:
+        raise ConfigError(
+            f"http.admin_token: the admin API (POST /rollback) needs a bearer token: set [http] admin_token "
+            f"or {ADMIN_TOKEN_ENV}, or turn the admin endpoints off with [http] admin_enabled = false"
+        )
+    return token, http.admin_enabled
+
+
+def _predicting(updater: Updater | None) -> Callable[[], dict[int, Learner]]:
+    """The versions that predict each sample: the champion, and its predecessor during a probation."""
+
+    def models() -> dict[int, Learner]:
+        if updater is None or updater.serving is None:
+            return {}
+        champion = updater.champion()
+        if champion is None:
+            return {}
+        found = {updater.serving: champion}
+        predecessor = updater.predecessor
+        if predecessor is not None:
+            found[predecessor[0]] = predecessor[1]
+        return found
+
+    return models
 
 
 def open_registry(settings: Settings) -> ModelRegistry:
@@ -199,7 +368,12 @@ def build_trainer(settings: Settings) -> Trainer:
 
 
 def build_updater(
-    settings: Settings, *, store: SampleStore, memory: RehearsalMemory, feed: MemoryFeed | None
+    settings: Settings,
+    *,
+    store: SampleStore,
+    memory: RehearsalMemory,
+    feed: MemoryFeed | None,
+    lock: AbstractContextManager[Any] | None = None,
 ) -> Updater:
     """Update rounds over the store and memory, versions in the state directory's registry."""
 
@@ -217,4 +391,5 @@ def build_updater(
         recent=settings.learner.recent,
         config=settings.learner.model_dump(mode="json"),
         before_round=before_round,
+        lock=lock,
     )

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.errors import RoundAbandoned
 from lifelong.learners.base import Checkpoint, Labeled, ReplaySource, RoundReport, as_inputs
 from lifelong.learners.plugins import MemoryReplay, build_plugin, plugin_state, restore_plugin
 
@@ -208,8 +209,14 @@ class AvalancheLearner:
         """The most likely seen label of each row of ``x``."""
         return self.logits(x).argmax(1).numpy()
 
-    def update(self, new: Labeled, replay: ReplaySource | None = None) -> RoundReport:
-        """One training experience on ``new`` with replay from ``replay``; returns what it did."""
+    def update(
+        self, new: Labeled, replay: ReplaySource | None = None, *, stop: Callable[[], bool] | None = None
+    ) -> RoundReport:
+        """One training experience on ``new`` with replay from ``replay``; returns what it did.
+
+        ``stop`` is asked before every step; when it answers True the round is abandoned with
+        :class:`~lifelong.errors.RoundAbandoned` and this learner must be thrown away.
+        """
         started = time.perf_counter()
         if not len(new):
             return RoundReport(
@@ -227,7 +234,7 @@ class AvalancheLearner:
         dataset = tensor_dataset(as_inputs(new.x), y, task_labels=0)
         experience = benchmark_from_datasets(train=[dataset]).train_stream[0]
         losses: list[torch.Tensor] = []
-        with _recording(self._strategy, losses), _seeded(self.seed + self._rounds):
+        with _recording(self._strategy, losses, stop), _seeded(self.seed + self._rounds):
             self._strategy.train(experience, num_workers=0)
         self._rounds += 1
         if self._replay.mask is not None:
@@ -314,9 +321,11 @@ class AvalancheLearner:
 
 
 @contextlib.contextmanager
-def _recording(strategy: RoundStrategy, losses: list[torch.Tensor]) -> Iterator[None]:
-    """Collect each training step's loss through a plugin for the duration of a round."""
-    plugin = _LossRecorder(losses)
+def _recording(
+    strategy: RoundStrategy, losses: list[torch.Tensor], stop: Callable[[], bool] | None
+) -> Iterator[None]:
+    """Collect each training step's loss, and check ``stop``, through a plugin for a round."""
+    plugin = _LossRecorder(losses, stop)
     strategy.plugins.append(plugin)
     try:
         yield
@@ -325,9 +334,14 @@ def _recording(strategy: RoundStrategy, losses: list[torch.Tensor]) -> Iterator[
 
 
 class _LossRecorder(SupervisedPlugin):  # type: ignore[misc]
-    def __init__(self, losses: list[torch.Tensor]) -> None:
+    def __init__(self, losses: list[torch.Tensor], stop: Callable[[], bool] | None) -> None:
         super().__init__()
         self.losses = losses
+        self.stop = stop
+
+    def before_training_iteration(self, strategy: RoundStrategy, **kwargs: Any) -> None:
+        if self.stop is not None and self.stop():
+            raise RoundAbandoned(f"update round abandoned after {len(self.losses)} steps")
 
     def after_backward(self, strategy: RoundStrategy, **kwargs: Any) -> None:
         self.losses.append(strategy.loss.detach())  # read once at the end: no device sync per step

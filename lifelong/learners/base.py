@@ -8,6 +8,7 @@ safetensors and ``meta.json``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -73,8 +74,10 @@ class Learner(Protocol):
         """The predicted label of each row of ``x``."""
         ...
 
-    def update(self, new: Labeled, replay: ReplaySource | None = None) -> RoundReport:
-        """Learn ``new`` (plus replay drawn from ``replay``) in one round."""
+    def update(
+        self, new: Labeled, replay: ReplaySource | None = None, *, stop: Callable[[], bool] | None = None
+    ) -> RoundReport:
+        """Learn ``new`` (plus replay drawn from ``replay``) in one round; give up when ``stop()``."""
         ...
 
     def checkpoint(self) -> Checkpoint:

@@ -64,7 +64,13 @@ class Trainer:
         return learner
 
     def round(
-        self, new: Labeled, *, replay: ReplaySource | None, recent: Labeled, remembered: Labeled
+        self,
+        new: Labeled,
+        *,
+        replay: ReplaySource | None,
+        recent: Labeled,
+        remembered: Labeled,
+        stop: Callable[[], bool] | None = None,
     ) -> Round:
         """Train a candidate on ``new`` (held-out rows dropped) with replay; judge it on the held-out sets.
 
@@ -78,7 +84,7 @@ class Trainer:
             np.fromiter((id not in arriving for id in remembered.ids), bool, len(remembered))
         )
         candidate = self.candidate()
-        report = candidate.update(train, replay)
+        report = candidate.update(train, replay, stop=stop)
         verdict = self.gate.judge(candidate, self.champion, recent=recent, remembered=remembered)
         log.info(
             "update round: %d samples, %d replayed, %d steps in %.1fs; %s (%s)",

@@ -1,0 +1,185 @@
+"""The daemon's HTTP port: /metrics, /healthz, /readyz, GET /versions and the admin POST /rollback.
+
+A WSGI app on the standard library's threading server (prometheus_client's own
+exposition does the same); /metrics is prometheus_client's WSGI app.
+Mutating endpoints need ``Authorization: Bearer <token>``, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from lifelong.errors import LifelongError, VersionNotFoundError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+StartResponse = Callable[..., Any]
+
+
+class Admin(Protocol):
+    """What the HTTP endpoints ask of the daemon."""
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive, and details."""
+        ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready to serve (model loaded, partitions assigned, broker reachable), and why not."""
+        ...
+
+    def versions(self) -> dict[str, Any]:
+        """The champion and every version."""
+        ...
+
+    def rollback(self, version: int | None, reason: str) -> dict[str, Any]:
+        """Roll back (to ``version``, or the previous champion); what serves now."""
+        ...
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class HttpApi:
+    """The WSGI application behind the port.
+
+    Example::
+
+        api = HttpApi(admin=daemon, registry=metrics.registry, token="s3cret")
+        server = HttpServer(app=api, host="127.0.0.1", port=9464)
+        server.start()
+    """
+
+    def __init__(
+        self, *, admin: Admin, registry: CollectorRegistry, token: str | None, admin_enabled: bool = True
+    ) -> None:
+        if admin_enabled and not token:
+            raise ValueError("the admin API needs a token (or admin_enabled=False)")
+        self.admin = admin
+        self.token = token
+        self.admin_enabled = admin_enabled
+        self._metrics = make_wsgi_app(registry)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics" and method == "GET":
+            return self._metrics(environ, start_response)  # type: ignore[no-any-return]
+        try:
+            status, body = self._route(method, path, environ)
+        except Exception as error:  # an endpoint must answer, never take the server down
+            log.exception("HTTP %s %s failed", method, path)
+            status, body = 500, {"error": f"{type(error).__name__}: {error}"}
+        headers = [("Content-Type", "application/json")]
+        if status == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="lifelong"'))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [json.dumps(body, allow_nan=False, default=str).encode() + b"\n"]
+
+    def _route(self, method: str, path: str, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        routes: dict[str, tuple[str, Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]]] = {
+            "/healthz": ("GET", lambda _: _probe(self.admin.health())),
+            "/readyz": ("GET", lambda _: _probe(self.admin.readiness())),
+            "/versions": ("GET", lambda _: (200, self.admin.versions())),
+            "/rollback": ("POST", self._rollback),
+        }
+        if path not in routes:
+            return 404, {"error": f"no endpoint {path!r}", "endpoints": ["/metrics", *routes]}
+        allowed, handler = routes[path]
+        if method != allowed:
+            return 405, {"error": f"{path} takes {allowed}, not {method}"}
+        return handler(environ)
+
+    def _rollback(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if not self.admin_enabled:
+            return 403, {"error": "the admin API is disabled ([http] admin_enabled = false)"}
+        if not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
+            return 401, {"error": "missing or wrong bearer token"}
+        try:
+            request = _json_body(environ)
+        except ValueError as error:
+            return 400, {"error": str(error)}
+        version = request.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            return 400, {"error": f"version must be an integer, got {version!r}"}
+        reason = request.get("reason", "rollback through the admin API")
+        if not isinstance(reason, str):
+            return 400, {"error": f"reason must be a string, got {reason!r}"}
+        try:
+            return 200, self.admin.rollback(version, reason)
+        except VersionNotFoundError as error:
+            return 404, {"error": str(error)}
+        except LifelongError as error:  # nothing to roll back to, a damaged target
+            return 409, {"error": str(error)}
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given or self.token is None:
+            return False
+        return hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+
+class HttpServer:
+    """Serves an app on a background thread; ``port`` 0 picks a free one (see :attr:`port`)."""
+
+    def __init__(self, *, app: Callable[..., Iterable[bytes]], host: str, port: int) -> None:
+        self.host = host
+        self._server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="lifelong-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port listened on."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Start answering."""
+        self._thread.start()
+        log.info("HTTP on http://%s:%d (/metrics /healthz /readyz /versions /rollback)", self.host, self.port)
+
+    def close(self) -> None:
+        """Stop answering and release the port."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+
+def _probe(result: tuple[bool, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    ok, details = result
+    return (200 if ok else 503), {"ok": ok, **details}
+
+
+def _json_body(environ: dict[str, Any]) -> dict[str, Any]:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise ValueError("Content-Length is not a number") from None
+    if length > MAX_BODY_BYTES:
+        raise ValueError(f"body larger than {MAX_BODY_BYTES} bytes")
+    raw = environ["wsgi.input"].read(length) if length else b""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ValueError("body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body

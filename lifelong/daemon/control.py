@@ -1,0 +1,222 @@
+"""Model control in the running daemon: update rounds one at a time, rollbacks, and model events.
+
+Rounds run on the scheduler's worker thread (or inline at the end of a burst);
+rollbacks come from the HTTP admin API, the live-accuracy probation, or the
+command line (followed on the next check). Each outcome is counted in the
+metrics and published on the models topic so serving processes can hot-reload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lifelong.connectors.base import Publisher
+from lifelong.daemon.live import LiveAccuracy
+from lifelong.daemon.metrics import Metrics
+from lifelong.daemon.update import Outcome, Updater
+from lifelong.errors import RoundAbandoned
+from lifelong.registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+MODEL_EVENT_FORMAT = 1
+
+
+class Controller:
+    """Runs rounds and rollbacks against the updater; keeps metrics, probation and model events current.
+
+    Example::
+
+        control = Controller(updater=updater, metrics=metrics, live=live, min_new_labels=1000)
+        control.run_round("interval")     # skipped while fewer than 1,000 labels wait
+        control.rollback(None, reason="bad release", trigger="manual")
+    """
+
+    def __init__(
+        self,
+        *,
+        updater: Updater,
+        metrics: Metrics,
+        live: LiveAccuracy,
+        min_new_labels: int = 1000,
+        drift_min_labels: int = 100,
+        drift_cooldown_s: float = 600.0,
+        on_drift: bool = True,
+        events: Publisher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.updater = updater
+        self.metrics = metrics
+        self.live = live
+        self.min_new_labels = min_new_labels
+        self.drift_min_labels = drift_min_labels
+        self.drift_cooldown_s = drift_cooldown_s
+        self.on_drift = on_drift
+        self.events = events
+        self.clock = clock
+        self.counts: dict[str, int] = {"promoted": 0, "rejected": 0, "failed": 0, "abandoned": 0}
+        self.rollbacks: dict[str, int] = {"manual": 0, "auto": 0}
+        self._running = threading.Lock()
+        self._closed = threading.Event()
+        self._stop = threading.Event()
+        self._last_drift_round = -float("inf")
+        self._drift_due = False
+        self.served()
+
+    @property
+    def running(self) -> bool:
+        """Whether a round is in progress."""
+        return self._running.locked()
+
+    def served(self) -> None:
+        """Publish the serving version to the metrics and the live evaluation."""
+        version = self.updater.serving
+        self.metrics.model_version.set(version or 0)
+        predecessor = self.updater.predecessor
+        self.live.serving(version, predecessor=predecessor[0] if predecessor else None)
+
+    def drift(self, signals: list[str]) -> bool:
+        """Alarms were raised: True when a round should run now (enabled, out of cooldown)."""
+        if not self.on_drift or not signals:
+            return False
+        if self.clock() - self._last_drift_round < self.drift_cooldown_s:
+            log.info("drift alarm (%s) within the cooldown: no extra round", ", ".join(signals))
+            return False
+        self._last_drift_round = self.clock()
+        log.warning("drift alarm (%s): an update round is due", ", ".join(signals))
+        return True
+
+    def run_round(self, trigger: str) -> Outcome | None:
+        """One round unless one is running, the daemon stops, or too few labels wait (except at burst end)."""
+        if self._closed.is_set():
+            return None
+        pending = self.updater.pending()
+        needed = {"burst": 1, "drift": self.drift_min_labels}.get(trigger, self.min_new_labels)
+        if pending < needed:
+            if self.updater.load_champion():  # a rollback made from the command line
+                self.served()
+            log.debug("%s round skipped: %d new labels, %d needed", trigger, pending, needed)
+            return None
+        if not self._running.acquire(blocking=False):
+            return None
+        self.metrics.update_running.set(1)
+        started = self.clock()
+        try:
+            outcome = self.updater.run_round(stop=self._stop.is_set)
+        except RoundAbandoned as error:
+            self._count("abandoned")
+            log.warning("%s; its labels wait for the next round", error)
+            return None
+        except Exception:
+            self._count("failed")
+            log.exception("update round failed; the champion keeps serving, its labels wait for the next")
+            return None
+        finally:
+            self.metrics.update_running.set(0)
+            self.metrics.pending_labels.set(self.updater.pending())
+            self._running.release()
+        self.metrics.update_duration.observe(self.clock() - started)
+        if outcome is None:
+            self.served()  # the champion may have been reloaded
+            return None
+        self._record(outcome, trigger)
+        return outcome
+
+    def _record(self, outcome: Outcome, trigger: str) -> None:
+        result = "promoted" if outcome.promoted else "rejected"
+        self._count(result)
+        if outcome.loss == outcome.loss:  # not NaN
+            self.metrics.training_loss.set(outcome.loss)
+        if outcome.forgetting is not None:
+            self.metrics.forgetting.set(outcome.forgetting)
+        self.served()
+        version = outcome.version
+        log.info(
+            "update round (%s): version %d %s after %.1fs on %d samples (%s)",
+            trigger,
+            version.version,
+            result,
+            outcome.seconds,
+            outcome.samples,
+            version.reason,
+        )
+        self.publish(result, version, trigger=trigger, parent=outcome.parent)
+
+    def _count(self, result: str) -> None:
+        self.counts[result] += 1
+        self.metrics.updates.labels(result=result).inc()
+
+    def rollback(self, version: int | None, *, reason: str, trigger: str) -> ModelVersion:
+        """Roll the registry back (to ``version`` or the previous champion) and serve the result."""
+        before = self.updater.serving
+        target = self.updater.registry.rollback(version, reason=reason, trigger=trigger)
+        self.updater.load_champion()
+        self.live.end_probation()
+        self.served()
+        self.rollbacks[trigger] = self.rollbacks.get(trigger, 0) + 1
+        self.metrics.rollbacks.labels(trigger=trigger).inc()
+        self.publish("rolled_back", target, trigger=trigger, parent=before, reason=reason)
+        return target
+
+    def check_probation(self, *, margin: float, min_labels: int, window: int) -> None:
+        """Roll the newest version back automatically if its live accuracy fell below its predecessor's."""
+        probation = self.live.probation
+        verdict = self.live.judge(margin=margin, min_labels=min_labels, window=window)
+        if probation is None or verdict is None:
+            return
+        if not verdict.rollback:
+            log.info("model version %d passed its live probation: %s", probation.version, verdict.reason)
+            self.live.end_probation()
+            self.updater.forget_predecessor()
+            return
+        if self.updater.serving != probation.version:
+            self.live.end_probation()
+            return
+        log.warning("rolling model version %d back automatically: %s", probation.version, verdict.reason)
+        self.rollback(probation.predecessor, reason=verdict.reason, trigger="auto")
+
+    def publish(
+        self,
+        event: str,
+        version: ModelVersion,
+        *,
+        trigger: str,
+        parent: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """A model event on the models topic: what happened, to which version, and what serves now."""
+        if self.events is None:
+            return
+        body: dict[str, Any] = {
+            "format": MODEL_EVENT_FORMAT,
+            "event": event,
+            "version": version.version,
+            "champion": self.updater.serving,
+            "parent": parent,
+            "trigger": trigger,
+            "scores": version.to_json()["scores"],
+            "reason": reason if reason is not None else version.reason,
+            "ts": int(time.time() * 1000),
+        }
+        self.events.publish("model", json.dumps(body, allow_nan=False, default=str).encode())
+
+    def close(self) -> None:
+        """Refuse new rounds (a running one goes on)."""
+        self._closed.set()
+
+    def abandon(self) -> None:
+        """Refuse new rounds and ask a running one to give up at its next training step."""
+        self._closed.set()
+        self._stop.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a running round to end; True when none runs."""
+        if not self._running.acquire(timeout=max(0.0, timeout_s)):
+            return False
+        self._running.release()
+        return True

@@ -1,0 +1,173 @@
+"""Live (prequential) accuracy: each sample is predicted on arrival and scored when its label comes.
+
+Test, then train: the prediction is made by the champion serving when the
+sample arrives, before any round can have trained on its label. A label that
+arrives before its sample waits for it. Each prediction is scored once, by the
+first label its sample gets (a later relabel changes the training data, not the
+score of a prediction already made).
+
+While a newly promoted version is on probation, its predecessor predicts every
+sample too, and the two are compared on the same samples: a drop in the new
+version's accuracy is then its own fault, not the stream's (a concept change
+lowers both).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass
+class Probation:
+    """A newly promoted version scored beside its predecessor on the same live samples."""
+
+    version: int
+    predecessor: int
+    labels: int = 0
+    right: int = 0
+    predecessor_right: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        """The new version's live accuracy so far (NaN before any label)."""
+        return self.right / self.labels if self.labels else math.nan
+
+    @property
+    def predecessor_accuracy(self) -> float:
+        """The predecessor's, on the same samples."""
+        return self.predecessor_right / self.labels if self.labels else math.nan
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a probation concluded: roll back or not, and why."""
+
+    rollback: bool
+    reason: str
+
+
+class LiveAccuracy:
+    """Prequential accuracy over a sliding window, and the probation of new versions.
+
+    Example::
+
+        live = LiveAccuracy(window=500)
+        live.predicted(["a", "b"], {3: [1, 2]}, labels=[1, None])   # version 3 served; "a" came labeled
+        scored = live.labeled(["b"], [0])                            # [False]: "b" was predicted wrong
+        live.accuracy                                                # 0.5
+    """
+
+    def __init__(self, *, window: int = 500, max_pending: int = 200_000) -> None:
+        if window < 1 or max_pending < 1:
+            raise ValueError(f"window and max_pending must be positive, got {window} and {max_pending}")
+        self.window = window
+        self.max_pending = max_pending
+        self._pending: OrderedDict[str, dict[int, int]] = OrderedDict()
+        self._early: OrderedDict[str, int] = OrderedDict()
+        self._scores: deque[bool] = deque(maxlen=window)
+        self._champion: int | None = None
+        self.probation: Probation | None = None
+        self.dropped = 0  # predictions evicted unscored (their label never came in time)
+
+    @property
+    def accuracy(self) -> float:
+        """The share of the window's scored predictions that were right (NaN before any)."""
+        return sum(self._scores) / len(self._scores) if self._scores else math.nan
+
+    @property
+    def scored(self) -> int:
+        """Scored predictions in the window."""
+        return len(self._scores)
+
+    def serving(self, version: int | None, *, predecessor: int | None = None) -> None:
+        """The champion changed to ``version``; with a ``predecessor``, put it on probation."""
+        if version == self._champion:
+            return
+        self._champion = version
+        self._scores.clear()  # the window describes the version serving
+        self.probation = (
+            Probation(version=version, predecessor=predecessor)
+            if version is not None and predecessor is not None
+            else None
+        )
+
+    def end_probation(self) -> None:
+        """Stop comparing (the version passed, or it was rolled back)."""
+        self.probation = None
+
+    def predicted(
+        self, ids: list[str], predictions: Mapping[int, Iterable[int]], labels: list[int | None]
+    ) -> list[bool]:
+        """Record each version's prediction of ``ids``; score those already labeled. Returns the scores."""
+        columns = {version: list(p) for version, p in predictions.items()}
+        scores = []
+        for i, id in enumerate(ids):
+            row = {version: int(column[i]) for version, column in columns.items()}
+            label = labels[i] if labels[i] is not None else self._early.pop(id, None)
+            if label is None:
+                self._pending[id] = row
+                self._pending.move_to_end(id)
+            else:
+                self._pending.pop(id, None)
+                scores.append(self._score(row, label))
+        while len(self._pending) > self.max_pending:
+            self._pending.popitem(last=False)
+            self.dropped += 1
+        return scores
+
+    def labeled(self, ids: list[str], labels: list[int]) -> list[bool]:
+        """Score the predictions these feedback labels answer; keep the others' labels for their samples."""
+        scores = []
+        for id, label in zip(ids, labels, strict=True):
+            row = self._pending.pop(id, None)
+            if row is not None:
+                scores.append(self._score(row, label))
+            elif id not in self._early:
+                self._early[id] = label
+        while len(self._early) > self.max_pending:
+            self._early.popitem(last=False)
+        return scores
+
+    def _score(self, row: dict[int, int], label: int) -> bool:
+        champion = self._champion
+        right = row.get(champion, -1) == label if champion is not None else False
+        if champion in row:
+            self._scores.append(right)
+        probation = self.probation
+        if probation is not None and probation.version in row and probation.predecessor in row:
+            probation.labels += 1
+            probation.right += row[probation.version] == label
+            probation.predecessor_right += row[probation.predecessor] == label
+        return right
+
+    def judge(self, *, margin: float, min_labels: int, window: int) -> Verdict | None:
+        """The probation's verdict once ``min_labels`` are in; None while it is still open.
+
+        Rolls back when the new version's accuracy is below its predecessor's by more than
+        ``margin``; passes once ``window`` labels have come without that.
+        """
+        probation = self.probation
+        if probation is None or probation.labels < min_labels:
+            return None
+        drop = probation.predecessor_accuracy - probation.accuracy
+        if drop > margin:
+            return Verdict(
+                rollback=True,
+                reason=(
+                    f"live accuracy {probation.accuracy:.3f} < predecessor v{probation.predecessor}'s "
+                    f"{probation.predecessor_accuracy:.3f} on the same {probation.labels} labeled samples "
+                    f"(margin {margin:.3f})"
+                ),
+            )
+        if probation.labels >= window:
+            return Verdict(
+                rollback=False,
+                reason=(
+                    f"live accuracy {probation.accuracy:.3f} vs predecessor's "
+                    f"{probation.predecessor_accuracy:.3f} over {probation.labels} labeled samples"
+                ),
+            )
+        return None

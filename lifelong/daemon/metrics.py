@@ -1,0 +1,138 @@
+"""The daemon's Prometheus metrics: one bundle on an injected registry, names fixed for dashboards."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.registry import REGISTRY
+
+from lifelong.events import Reason
+
+# Rounds take seconds to many minutes: buckets up to an hour.
+UPDATE_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+
+SIGNALS = ("novelty", "label_shift", "accuracy")
+
+
+class Metrics:
+    """Every metric the daemon exports.
+
+    Example::
+
+        metrics = Metrics(registry=CollectorRegistry())
+        metrics.events.labels(topic="lifelong.samples", outcome="accepted").inc(100)
+    """
+
+    def __init__(self, *, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        r = registry
+        self.events = Counter(
+            "lifelong_events",
+            "Events consumed, by topic and outcome (accepted, rejected).",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "lifelong_dead_letters",
+            "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "lifelong_consumer_lag",
+            "Records not yet consumed, per partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.samples_stored = Gauge("lifelong_samples_stored", "Samples in the durable state.", registry=r)
+        self.waiting_samples = Gauge(
+            "lifelong_waiting_samples", "Stored samples waiting for their label.", registry=r
+        )
+        self.expired = Counter(
+            "lifelong_expired", "Samples or feedback dropped after waiting past the TTL.", registry=r
+        )
+        self.memory_samples = Gauge("lifelong_memory_samples", "Samples in the rehearsal memory.", registry=r)
+        self.memory_capacity = Gauge(
+            "lifelong_memory_capacity", "The rehearsal memory's capacity.", registry=r
+        )
+        self.memory_class_samples = Gauge(
+            "lifelong_memory_class_samples",
+            "Samples in the rehearsal memory, per class.",
+            ["label"],
+            registry=r,
+        )
+        self.pending_labels = Gauge(
+            "lifelong_pending_labels", "Labels received and not yet trained on.", registry=r
+        )
+        self.updates = Counter(
+            "lifelong_updates",
+            "Update rounds, by result (promoted, rejected, failed, abandoned).",
+            ["result"],
+            registry=r,
+        )
+        self.update_duration = Histogram(
+            "lifelong_update_duration_seconds", "Update round wall time.", buckets=UPDATE_BUCKETS, registry=r
+        )
+        self.update_running = Gauge("lifelong_update_running", "1 while an update round runs.", registry=r)
+        self.model_version = Gauge(
+            "lifelong_model_version", "The champion version serving (0 before the first).", registry=r
+        )
+        self.prequential_accuracy = Gauge(
+            "lifelong_prequential_accuracy",
+            "Share of the last window's labeled samples the champion predicted right on arrival.",
+            registry=r,
+        )
+        self.predictions = Counter(
+            "lifelong_predictions", "Samples scored by the champion on arrival.", registry=r
+        )
+        self.drift_score = Gauge(
+            "lifelong_drift_score",
+            "Drift scores: novelty (kNN distance ratio, 1 = typical), label_shift (Jensen-Shannon "
+            "distance), accuracy (drop in live accuracy ADWIN found, 0 = none).",
+            ["signal"],
+            registry=r,
+        )
+        self.drift_alarm = Gauge(
+            "lifelong_drift_alarm", "1 while a drift alarm is raised.", ["signal"], registry=r
+        )
+        self.drift_alarms = Counter(
+            "lifelong_drift_alarms", "Drift alarms raised, by signal.", ["signal"], registry=r
+        )
+        self.rollbacks = Counter(
+            "lifelong_rollbacks", "Rollbacks, by trigger (manual, auto).", ["trigger"], registry=r
+        )
+        self.training_loss = Gauge(
+            "lifelong_training_loss", "The last round's mean training loss.", registry=r
+        )
+        self.forgetting = Gauge(
+            "lifelong_forgetting",
+            "The last candidate's accuracy drop on the memory's held-out samples against its champion "
+            "(negative: it improved on the past).",
+            registry=r,
+        )
+        self.heartbeat = Gauge(
+            "lifelong_heartbeat_timestamp_seconds", "When the consumer loop last went round.", registry=r
+        )
+        self.ready = Gauge("lifelong_ready", "1 when /readyz passes.", registry=r)
+        for signal in SIGNALS:  # every series exists from the start: dashboards show zeros, not gaps
+            self.drift_score.labels(signal=signal).set(0)
+            self.drift_alarm.labels(signal=signal).set(0)
+            self.drift_alarms.labels(signal=signal)
+        for trigger in ("manual", "auto"):
+            self.rollbacks.labels(trigger=trigger)
+        for result in ("promoted", "rejected", "failed", "abandoned"):
+            self.updates.labels(result=result)
+        for reason in Reason:
+            self.dead_letters.labels(reason=reason.value)
+        self._classes: set[int] = set()
+
+    def set_memory(self, *, size: int, capacity: int, classes: Mapping[int, int]) -> None:
+        """The memory's size, capacity and class mix."""
+        self.memory_samples.set(size)
+        self.memory_capacity.set(capacity)
+        for label in self._classes - set(classes):  # a class the memory no longer holds
+            self.memory_class_samples.labels(label=str(label)).set(0)
+        self._classes |= set(classes)
+        for label, count in classes.items():
+            self.memory_class_samples.labels(label=str(label)).set(count)

@@ -1,0 +1,149 @@
+"""What the daemon watches as events are stored: live predictions, drift signals, ingestion metrics.
+
+Called on the consumer thread after each stored batch (:class:`~lifelong.daemon.ingest.Stored`):
+the champion predicts the batch's samples (and, during a probation, its
+predecessor too); labels score the predictions they answer; the drift signals
+take the scores, the labels and a novelty score per ``novelty_batch`` samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+
+from lifelong.connectors.base import Publisher
+from lifelong.daemon.drift import DriftMonitor
+from lifelong.daemon.ingest import Stored
+from lifelong.daemon.live import LiveAccuracy
+from lifelong.daemon.metrics import Metrics
+from lifelong.daemon.update import stack_rows
+from lifelong.learners.base import Learner
+from lifelong.memory.rehearsal import RehearsalMemory
+
+log = logging.getLogger(__name__)
+
+
+class Watch:
+    """Scores each stored batch live and feeds the drift signals; raised alarms go to ``on_alarm``.
+
+    Example::
+
+        watch = Watch(live=live, drift=drift, metrics=metrics, champion=updater.champion_of,
+                      memory=memory, features=784, on_alarm=print)
+        ingestor.on_stored = watch.observe
+    """
+
+    def __init__(
+        self,
+        *,
+        live: LiveAccuracy,
+        drift: DriftMonitor,
+        metrics: Metrics,
+        models: Callable[[], dict[int, Learner]],
+        memory: RehearsalMemory | None,
+        lock: AbstractContextManager[Any],
+        features: int,
+        novelty_batch: int = 256,
+        novelty_interval_s: float = 1.0,
+        predictions: Publisher | None = None,
+        on_alarm: Callable[[list[str]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.live = live
+        self.drift = drift
+        self.metrics = metrics
+        # The versions predicting now: the champion, and its predecessor during a probation.
+        self.models = models
+        self.memory = memory
+        self.lock = lock
+        self.features = features
+        self.novelty_batch = novelty_batch
+        # A k-NN search per batch would slow ingestion at full rate: at most one score this often.
+        self.novelty_interval_s = novelty_interval_s
+        self.predictions = predictions
+        self.on_alarm = on_alarm
+        self.clock = clock
+        self._novel: list[np.ndarray[Any, Any]] = []
+        self._novel_rows = 0
+        self._last_novelty = -float("inf")
+
+    def observe(self, stored: Stored) -> None:
+        """Everything one stored batch tells: counts, predictions, scores, drift."""
+        metrics = self.metrics
+        for (topic, outcome), count in stored.events.items():
+            if count:
+                metrics.events.labels(topic=topic, outcome=outcome).inc(count)
+        for reason, count in stored.batch.dead_letters.items():
+            metrics.dead_letters.labels(reason=reason).inc(count)
+        expired = stored.applied.expired_samples + stored.applied.expired_feedback
+        if expired:
+            metrics.expired.inc(expired)
+        raised: list[str] = []
+        right: list[bool] = []
+        labels: list[int] = []
+        samples = stored.batch.samples
+        if samples:
+            inline = [row[3] for row in samples]
+            labels += [y for y in inline if y is not None]
+            models = self.models()
+            novelty = self.memory is not None and self.memory.size > 0
+            if models or novelty:
+                x = stack_rows([np.frombuffer(r[1], dtype=np.dtype(r[2])) for r in samples], self.features)
+                if models:
+                    right += self._predict(models, [row[0] for row in samples], x, inline)
+                if novelty:
+                    raised += self._novelty(x)
+        if stored.batch.feedback:
+            ids = [row[0] for row in stored.batch.feedback]
+            ys = [row[1] for row in stored.batch.feedback]
+            right += self.live.labeled(ids, ys)
+            labels += ys
+        raised += self.drift.observe_labels(labels) + self.drift.observe_errors(right)
+        accuracy = self.live.accuracy
+        if accuracy == accuracy:
+            metrics.prequential_accuracy.set(accuracy)
+        for signal, score in self.drift.scores().items():
+            metrics.drift_score.labels(signal=signal).set(score)
+        for signal, up in self.drift.raised().items():
+            metrics.drift_alarm.labels(signal=signal).set(int(up))
+        for signal in raised:
+            metrics.drift_alarms.labels(signal=signal).inc()
+        if raised and self.on_alarm is not None:
+            self.on_alarm(raised)
+
+    def _predict(
+        self, models: dict[int, Learner], ids: list[str], x: np.ndarray[Any, Any], labels: list[int | None]
+    ) -> list[bool]:
+        predictions = {version: model.predict(x) for version, model in models.items()}
+        self.metrics.predictions.inc(len(ids))
+        if self.predictions is not None:
+            serving = max(models)  # the champion: a probation's predecessor is always older
+            for id, label in zip(ids, predictions[serving].tolist(), strict=True):
+                body = {"id": id, "version": serving, "y": int(label)}
+                self.predictions.publish(id, json.dumps(body).encode())
+        return self.live.predicted(ids, predictions, labels)
+
+    def _novelty(self, x: np.ndarray[Any, Any]) -> list[str]:
+        if self.memory is None:
+            return []
+        self._novel.append(x[-self.novelty_batch :])
+        self._novel_rows += len(self._novel[-1])
+        while self._novel_rows - len(self._novel[0]) >= self.novelty_batch:  # keep only the newest
+            self._novel_rows -= len(self._novel.pop(0))
+        if (
+            self._novel_rows < self.novelty_batch
+            or self.clock() - self._last_novelty < self.novelty_interval_s
+        ):
+            return []
+        self._last_novelty = self.clock()
+        batch = np.concatenate(self._novel)[-self.novelty_batch :]
+        self._novel, self._novel_rows = [], 0
+        with self.lock:
+            score = self.memory.novelty(batch)
+        return self.drift.observe_novelty(score)
