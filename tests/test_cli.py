@@ -60,3 +60,18 @@ def test_status_without_state_says_so(
     config.write_text(f'[state]\ndir = "{tmp_path / "none"}"\n')
     assert main(["status", "--config", str(config)]) == 2
     assert "no state" in capsys.readouterr().err
+
+
+def test_the_daemon_refuses_to_start_without_an_admin_token(tmp_path: Path, clean_env: None) -> None:
+    config = tmp_path / "no-token.toml"
+    config.write_text(f'[state]\ndir = "{tmp_path / "state"}"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "lifelong.daemon.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "http.admin_token" in done.stderr and "LIFELONG_ADMIN_TOKEN" in done.stderr
+    assert not (tmp_path / "state").exists()  # refused before touching anything

@@ -45,6 +45,7 @@ on_drift = false
 grace_s = 10
 [monitor]
 window = 100
+publish_predictions = true
 rollback_min_labels = 200
 rollback_margin = 0.05
 [http]
@@ -149,3 +150,7 @@ def test_live_accuracy_is_counted_and_ingestion_goes_on_while_a_round_trains(run
     accuracy = registry.get_sample_value("lifelong_prequential_accuracy")
     assert accuracy is not None and 0.6 < accuracy <= 1.0  # digits, one round of 800: well above chance
     assert daemon.control is not None and daemon.control.live.scored == 100  # the window
+    published = [json.loads(r.value) for r in bus.records(settings.kafka.predictions_topic)]  # type: ignore[arg-type]
+    assert len(published) == registry.get_sample_value("lifelong_predictions_total")
+    assert published[-1]["id"] == f"c-{len(Y) - 1}" and published[-1]["version"] == 1
+    assert 0 <= published[-1]["y"] < 10

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,8 +21,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lifelong.benchmarks import digits
+from lifelong.connectors.broker import EmbeddedBroker, free_port
 from lifelong.events import encode_feedback, encode_sample
 from tests.kafka_setup import CLI, TOKEN, Setup
+from tests.proxy import PausableProxy
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -198,6 +202,8 @@ def drift_and_rollback(run: Setup, daemon: Running) -> None:
     assert daemon.value("lifelong_model_version") == 1
     assert daemon.value("lifelong_rollbacks_total", trigger="manual") == 1
     assert daemon.call("/healthz")[0] == 200 and daemon.call("/readyz")[0] == 200
+    running = run.run("check")
+    assert running.returncode == 0 and json.loads(running.stdout)["ok"] is True
 
     code, seconds = daemon.stop(grace_s=20)
     assert code == 0 and seconds < 20, daemon.log.read_text()[-3000:]
@@ -236,3 +242,126 @@ def test_sigterm_during_a_round_exits_in_the_grace_period_and_the_restart_loses_
     versions = json.loads(run.run("versions", "--json").stdout)
     assert len(versions) == 1 and versions[0]["lineage"]["samples"] > 0
     assert versions[0]["lineage"]["label_events"][0] == 1  # the abandoned round's labels were trained
+
+
+def test_a_30_second_broker_outage_loses_nothing_and_readiness_shows_it(
+    unique, make_config, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    proxy_port = free_port()
+    with EmbeddedBroker(advertised_port=proxy_port) as broker:
+        proxy = PausableProxy(port=proxy_port, upstream=(broker.host, broker.port))
+        proxy.start()
+        try:
+            through = Setup(
+                _Via(f"127.0.0.1:{proxy_port}"),  # type: ignore[arg-type]
+                unique,
+                make_config,
+                tmp_path,
+                "outage",
+                learner={"enabled": False},
+            )
+            outage(through, proxy)
+        finally:
+            proxy.close()
+
+
+class _Via:
+    """Stands for the broker where a Setup only needs its address (here: the proxy's)."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+
+
+SEND = """
+import base64, json, sys
+from kafka import KafkaProducer
+bootstrap, samples, feedback, path = sys.argv[1:]
+producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, delivery_timeout_ms=300000)
+topics = {"samples": samples, "feedback": feedback}
+for topic in topics.values():
+    producer.partitions_for(topic)
+print("ready", flush=True)
+sys.stdin.readline()
+for line in open(path):
+    kind, key, value = json.loads(line)
+    producer.send(topics[kind], base64.b64decode(value), key=key.encode())
+producer.flush()
+producer.close()
+"""
+
+
+class Sender:
+    """A producer process connected before an outage, sending on :meth:`go`."""
+
+    def __init__(self, run: Setup, stream: list[tuple[str, bytes, bytes]], path: Path) -> None:
+        path.write_text(
+            "".join(
+                json.dumps([k, key.decode(), base64.b64encode(v).decode()]) + "\n" for k, key, v in stream
+            )
+        )
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SEND,
+                run.options["bootstrap_servers"],
+                run.samples,
+                run.feedback,
+                str(path),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.close()
+
+    def wait(self, timeout_s: float) -> int:
+        code = self.process.wait(timeout=timeout_s)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
+
+
+def outage(run: Setup, proxy: PausableProxy) -> None:
+    stream = events(X, Y, "o", feedback_every=5)
+    before, after = stream[: len(stream) // 2], stream[len(stream) // 2 :]
+    daemon = Running(run, run.state.parent / "outage.log")
+    try:
+        run.produce(before)
+
+        def accepted() -> float:
+            return daemon.value("lifelong_events_total", topic=run.samples, outcome="accepted") or 0.0
+
+        wait_for(lambda: accepted() >= sum(1 for kind, _, _ in before if kind == "samples"))
+        assert daemon.call("/readyz")[0] == 200
+
+        # A producer that knows the topics: what it sends during the outage waits in its buffer.
+        # (In its own process: kafka-python leaks the sockets of refused connection attempts.)
+        sender = Sender(run, after, run.state.parent / "after.jsonl")
+        proxy.pause()
+        sender.go()
+        wait_for(lambda: daemon.call("/readyz")[0] == 503, timeout_s=20)
+        paused_at = time.monotonic()
+        while time.monotonic() - paused_at < 30:
+            assert daemon.process.poll() is None, daemon.log.read_text()[-3000:]
+            assert daemon.call("/healthz")[0] == 200
+            status, body = daemon.call("/readyz")
+            assert status == 503 and body["checks"]["broker_reachable"] is False
+            time.sleep(2)
+        proxy.resume()
+        assert sender.wait(timeout_s=180) == 0
+        wait_for(lambda: accepted() >= len(Y), what=lambda: daemon.log.read_text()[-3000:])
+        wait_for(lambda: daemon.call("/readyz")[0] == 200, timeout_s=60)
+        code, _ = daemon.stop(grace_s=20)
+        assert code == 0, daemon.log.read_text()[-3000:]
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+    status = run.status()
+    assert status["samples"] == len(Y) and status["labeled"] == len(Y) and status["waiting"] == 0
+    assert set(run.labels()) == {f"o{i}" for i in range(len(Y))}

@@ -149,3 +149,15 @@ class Publisher(Protocol):
     def close(self) -> None:
         """Deliver what is buffered and release the connection."""
         ...
+
+
+class Tail(Protocol):
+    """The values appended to one topic from now on (a serving process following model events)."""
+
+    def poll(self, timeout_s: float) -> list[bytes]:
+        """What arrived, waiting up to ``timeout_s`` for something."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...

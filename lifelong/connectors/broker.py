@@ -47,8 +47,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def broker_command(*, host: str, port: int) -> list[str]:
-    """The command line that runs the broker on ``host:port`` in memory."""
+def broker_command(*, host: str, port: int, advertised_port: int | None = None) -> list[str]:
+    """The command line that runs the broker on ``host:port`` in memory.
+
+    ``advertised_port`` is the port clients are told to connect to (a proxy's, in tests).
+    """
     url = f"tcp://{host}:{port}"
     return [
         broker_binary(),
@@ -56,7 +59,7 @@ def broker_command(*, host: str, port: int) -> list[str]:
         "--listener-url",
         url,
         "--advertised-listener-url",
-        url,
+        f"tcp://{host}:{advertised_port or port}",
         "--storage-engine",
         "memory://tansu/",
     ]
@@ -72,10 +75,16 @@ class EmbeddedBroker:
     """
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 30.0
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        advertised_port: int | None = None,
+        start_timeout_s: float = 30.0,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
+        self.advertised_port = advertised_port
         self.start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
         self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
@@ -92,7 +101,7 @@ class EmbeddedBroker:
         # A file, not a pipe: nobody reads a pipe while the broker runs, and a full one blocks it.
         self._log = tempfile.NamedTemporaryFile(prefix="lifelong-broker-", suffix=".log")  # noqa: SIM115
         self._process = subprocess.Popen(
-            broker_command(host=self.host, port=self.port),
+            broker_command(host=self.host, port=self.port, advertised_port=self.advertised_port),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,

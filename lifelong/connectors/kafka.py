@@ -15,8 +15,10 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
@@ -104,6 +106,7 @@ class KafkaSource:
         self._highwater: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
         self._connected = False
+        self._probe = _Probe(self.client_options["bootstrap_servers"])
         self._ready: set[int] = set()
         self._early: list[Batch] = []
         self._children = [
@@ -126,8 +129,8 @@ class KafkaSource:
 
     @property
     def connected(self) -> bool:
-        """Whether the fetchers' last polls reached the cluster."""
-        return self._connected
+        """Whether a bootstrap server accepts connections and the fetchers' last polls did not fail."""
+        return self._connected and self._probe.reachable
 
     def _await_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -186,8 +189,50 @@ class KafkaSource:
 
     def close(self) -> None:
         """Stop the fetchers."""
+        self._probe.close()
         for child in self._children:
             child.close()
+
+
+class _Probe:
+    """Whether a TCP connection to one of the bootstrap servers opens, checked on a thread.
+
+    A fetcher's consumer retries quietly while the cluster is away; this is what
+    readiness can see meanwhile, without ever blocking the consumer loop.
+    """
+
+    def __init__(
+        self, servers: str | Sequence[str], *, interval_s: float = 2.0, timeout_s: float = 2.0
+    ) -> None:
+        listed = servers.split(",") if isinstance(servers, str) else list(servers)
+        self.addresses = [(host, int(port)) for host, _, port in (s.strip().rpartition(":") for s in listed)]
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.reachable = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lifelong-broker-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            reachable = any(self._opens(address) for address in self.addresses)
+            if reachable != self.reachable:
+                log.log(
+                    logging.INFO if reachable else logging.WARNING,
+                    "Kafka %s",
+                    "reachable again" if reachable else f"unreachable at {self.addresses}",
+                )
+            self.reachable = reachable
+
+    def _opens(self, address: tuple[str, int]) -> bool:
+        try:
+            with socket.create_connection(address, timeout=self.timeout_s):
+                return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class _Fetcher:
@@ -378,18 +423,23 @@ class KafkaDeadLetterSink:
 
     def send(self, letters: Sequence[DeadLetter]) -> Mapping[int, int]:
         """Deliver and flush; return the next offset of each partition written."""
+        from kafka.errors import KafkaError
+
         futures = []
-        for letter in letters:
-            value = letter.record.value
-            headers = dead_letter_headers(letter)
-            if value is not None and len(value) > self.max_value_bytes:
-                # Larger than the topic may accept: keep the head and say so.
-                headers.append(("lifelong.truncated_from", str(len(value)).encode()))
-                value = value[: self.max_value_bytes]
-            futures.append(
-                self._producer.send(self.topic, value=value, key=letter.record.key, headers=headers)
-            )
-        self._producer.flush(timeout=self.timeout_s)
+        try:
+            for letter in letters:
+                value = letter.record.value
+                headers = dead_letter_headers(letter)
+                if value is not None and len(value) > self.max_value_bytes:
+                    # Larger than the topic may accept: keep the head and say so.
+                    headers.append(("lifelong.truncated_from", str(len(value)).encode()))
+                    value = value[: self.max_value_bytes]
+                futures.append(
+                    self._producer.send(self.topic, value=value, key=letter.record.key, headers=headers)
+                )
+            self._producer.flush(timeout=self.timeout_s)
+        except KafkaError as error:
+            raise BrokerUnavailable(f"dead letters not delivered to {self.topic!r}: {error!r}") from None
         ends: dict[int, int] = {}
         for future in futures:
             try:
@@ -470,6 +520,32 @@ class KafkaPublisher:
     def close(self) -> None:
         """Deliver what is buffered (a few seconds at most) and close."""
         self._producer.close(timeout=5)
+
+
+class KafkaTail:
+    """A topic's new values on every partition, without a consumer group (each follower sees all)."""
+
+    def __init__(self, *, topic: str, client_options: Mapping[str, Any]) -> None:
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as KafkaTP
+
+        self.topic = topic
+        self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **dict(client_options))
+        partitions = [KafkaTP(topic, p) for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            self._consumer.close()
+            raise BrokerUnavailable(f"topic {topic!r} does not exist (has the daemon started?)")
+        self._consumer.assign(partitions)
+        self._consumer.seek_to_end(*partitions)
+
+    def poll(self, timeout_s: float) -> list[bytes]:
+        """What arrived, waiting up to ``timeout_s``."""
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        return [r.value for records in polled.values() for r in records if r.value is not None]
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close(autocommit=False)
 
 
 if __name__ == "__main__":

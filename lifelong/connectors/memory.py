@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -134,6 +135,29 @@ class MemoryPublisher:
     def publish(self, key: str, value: bytes) -> None:
         """Append to the topic."""
         self.bus.produce(self.topic, value, key=key.encode())
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class MemoryTail:
+    """A :class:`~lifelong.connectors.base.Tail` of a :class:`MemoryBus` topic, from its end at creation."""
+
+    def __init__(self, *, bus: MemoryBus, topic: str) -> None:
+        self.bus = bus
+        self.topic = topic
+        self._seen = len(bus.records(topic))
+
+    def poll(self, timeout_s: float) -> list[bytes]:
+        """Values appended since the last poll (waiting up to ``timeout_s`` for one)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            records = self.bus.records(self.topic)
+            if len(records) > self._seen or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.05, timeout_s))
+        new, self._seen = records[self._seen :], len(records)
+        return [r.value for r in new if r.value is not None]
 
     def close(self) -> None:
         """Nothing to release."""

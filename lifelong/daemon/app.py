@@ -158,6 +158,7 @@ class Daemon:
         self._last_beat = -float("inf")
         self._last_loop = clock()
         self._last_gauges = -float("inf")
+        self._outage_since: float | None = None
 
     @property
     def state(self) -> RunState:
@@ -184,7 +185,14 @@ class Daemon:
         log.info("running%s", " (burst: until drained)" if burst else "")
         try:
             while not self._stop.is_set():
-                handled = self.ingestor.step(self.poll_timeout_s)
+                try:
+                    handled = self.ingestor.step(self.poll_timeout_s)
+                except ConnectionError as error:  # the batch is kept and retried
+                    self._outage(error)
+                    continue
+                if self._outage_since is not None:
+                    log.info("Kafka reachable again after %.0fs", self.clock() - self._outage_since)
+                    self._outage_since = None
                 self._follow(idle=not handled)
                 self._tick()
                 if burst and not handled and self.ingestor.source.lag().drained:
@@ -196,6 +204,13 @@ class Daemon:
                     break
         finally:
             self._shutdown()
+
+    def _outage(self, error: ConnectionError) -> None:
+        if self._outage_since is None:
+            self._outage_since = self.clock()
+            log.warning("Kafka unreachable (%s): retrying; nothing is lost meanwhile", error)
+        self._tick()
+        self._stop.wait(min(1.0, max(self.poll_timeout_s, 0.05)))
 
     def _shutdown(self) -> None:
         self._state = RunState.STOPPING

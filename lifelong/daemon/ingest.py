@@ -66,6 +66,8 @@ class Ingestor:
         self._uncommitted = False
         self._last_commit = clock()
         self._already_sent: set[tuple[str, int, int]] = set()
+        self._unsent: list[Batch] = []  # a batch whose dead letters could not be delivered
+        self._resend_check = False
 
     def recover(self) -> None:
         """Find the dead letters a crashed run sent after its last stored batch, so none is sent twice."""
@@ -77,9 +79,23 @@ class Ingestor:
             )
 
     def step(self, timeout_s: float) -> int:
-        """Poll once and store what came; return the number of records handled."""
-        batches = self.source.poll(timeout_s)
-        handled = self.ingest(batches) if batches else 0
+        """Poll once and store what came; return the number of records handled.
+
+        When the dead-letter topic cannot be reached the batch is kept (``ConnectionError``
+        is raised) and the next step retries it after finding which dead letters did go out.
+        """
+        if self._unsent:
+            if self._resend_check:
+                self.recover()
+                self._resend_check = False
+            batches, self._unsent = self._unsent, []
+        else:
+            batches = list(self.source.poll(timeout_s))
+        try:
+            handled = self.ingest(batches) if batches else 0
+        except ConnectionError:
+            self._unsent, self._resend_check = batches, True
+            raise
         if self._uncommitted and self.clock() - self._last_commit >= self.commit_interval_s:
             self.commit()
         return handled

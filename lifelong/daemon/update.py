@@ -139,11 +139,7 @@ class Updater:
         if champion is None or champion.version == self._serving:
             return False
         try:
-            loaded = self.registry.load(champion.version)
-            learner = self.trainer.build()
-            learner.restore(
-                Checkpoint(weights=loaded.weights, state=loaded.state, meta=dict(loaded.info.learner))
-            )
+            learner = load_version(self.registry, champion.version, self.trainer.build)
         except (LifelongError, RuntimeError, KeyError, ValueError) as error:
             log.error(
                 "cannot serve model version %d (%s); version %s keeps serving",
@@ -272,6 +268,14 @@ class Updater:
             x=stack_rows([x for _, x, _ in rows], self.features),
             y=np.asarray([y for _, _, y in rows], dtype=np.int64),
         )
+
+
+def load_version(registry: ModelRegistry, version: int, build: Callable[[], Learner]) -> Learner:
+    """A learner restored from a registry version (weights, optimizer and plugin state)."""
+    loaded = registry.load(version)
+    learner = build()
+    learner.restore(Checkpoint(weights=loaded.weights, state=loaded.state, meta=dict(loaded.info.learner)))
+    return learner
 
 
 class _Locked:
