@@ -130,12 +130,16 @@ class ServingModel:
     def _follow(self) -> None:
         last_check = self.clock()
         while not self._stop.is_set():
-            values = self.events.poll(1.0) if self.events is not None else []
-            if self.events is None:
-                self._stop.wait(1.0)
-            if any(_reloads(value) for value in values) or self.clock() - last_check >= self.check_s:
-                last_check = self.clock()
-                self.reload()
+            try:
+                values = self.events.poll(1.0) if self.events is not None else []
+                if self.events is None:
+                    self._stop.wait(1.0)
+                if any(_reloads(value) for value in values) or self.clock() - last_check >= self.check_s:
+                    last_check = self.clock()
+                    self.reload()
+            except Exception:  # a broker or volume hiccup: the current model keeps serving
+                log.exception("following model events failed; retrying in 5 s")
+                self._stop.wait(5.0)
 
     def close(self) -> None:
         """Stop following and release the events connection."""

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lifelong.daemon.live import LiveAccuracy
+from lifelong.daemon.live import LiveAccuracy, Verdict
 
 
 def test_each_prediction_is_scored_once_by_the_first_label_whenever_it_comes() -> None:
@@ -50,24 +50,32 @@ def probation_after(right_new: int, right_old: int, labels: int = 300) -> LiveAc
     return live
 
 
+def judged(live: LiveAccuracy, *, window: int) -> Verdict | None:
+    return live.judge(live.probation, margin=0.05, min_labels=200, window=window)
+
+
+def test_predictions_an_earlier_champion_made_are_not_counted_against_the_new_one() -> None:
+    live = LiveAccuracy(window=10)
+    live.serving(1)
+    live.predicted(["a", "b"], {1: [3, 4]}, labels=[None, None])
+    live.serving(2)  # promoted while the labels were on their way
+    assert live.labeled(["a", "b"], [3, 4]) == []
+    assert live.scored == 0
+
+
 def test_a_version_worse_than_its_predecessor_on_the_same_samples_is_rolled_back() -> None:
-    verdict = probation_after(right_new=150, right_old=270).judge(margin=0.05, min_labels=200, window=1000)
+    verdict = judged(probation_after(right_new=150, right_old=270), window=1000)
     assert verdict is not None and verdict.rollback
     assert "0.500" in verdict.reason and "0.900" in verdict.reason
 
 
 def test_a_drop_both_versions_share_is_the_stream_not_the_version() -> None:
     # A concept change: both are right on only half; the new one is no worse.
-    verdict = probation_after(right_new=150, right_old=150).judge(margin=0.05, min_labels=200, window=1000)
+    verdict = judged(probation_after(right_new=150, right_old=150), window=1000)
     assert verdict is None  # still open: no fault found, the window is not over
-    passed = probation_after(right_new=150, right_old=150).judge(margin=0.05, min_labels=200, window=300)
+    passed = judged(probation_after(right_new=150, right_old=150), window=300)
     assert passed is not None and not passed.rollback
 
 
 def test_no_verdict_before_enough_labels() -> None:
-    assert (
-        probation_after(right_new=0, right_old=100, labels=100).judge(
-            margin=0.05, min_labels=200, window=1000
-        )
-        is None
-    )
+    assert judged(probation_after(right_new=0, right_old=100, labels=100), window=1000) is None

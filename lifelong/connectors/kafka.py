@@ -39,6 +39,10 @@ class BrokerUnavailable(LifelongError, ConnectionError):
     """The Kafka cluster cannot be reached or refused an operation."""
 
 
+class FetcherExited(LifelongError, RuntimeError):
+    """A fetcher process died: not an outage to wait out, the daemon must restart."""
+
+
 def ensure_topics(
     *, client_options: Mapping[str, Any], topics: Sequence[str], partitions: int = 1
 ) -> list[str]:
@@ -161,7 +165,7 @@ class KafkaSource:
         try:
             kind, payload, highwater, index = pickle.loads(inbox.recv_bytes())
         except (EOFError, OSError):
-            raise BrokerUnavailable("a Kafka fetcher process exited") from None
+            raise FetcherExited("a Kafka fetcher process exited; restart the daemon") from None
         self._highwater.update(highwater)
         if kind == "error":
             self._connected = False
@@ -451,6 +455,14 @@ class KafkaDeadLetterSink:
 
     def sent_since(self, positions: Mapping[int, int]) -> set[tuple[str, int, int]]:
         """Sources of the dead letters at or after ``positions`` (read back without a group)."""
+        from kafka.errors import KafkaError
+
+        try:
+            return self._sent_since(positions)
+        except KafkaError as error:
+            raise BrokerUnavailable(f"cannot read back {self.topic!r}: {error!r}") from None
+
+    def _sent_since(self, positions: Mapping[int, int]) -> set[tuple[str, int, int]]:
         from kafka import KafkaConsumer
         from kafka import TopicPartition as KafkaTP
 
@@ -502,6 +514,8 @@ class KafkaPublisher:
         self._producer = KafkaProducer(
             acks=acks, linger_ms=20, max_block_ms=max_block_ms, **dict(client_options)
         )
+        with contextlib.suppress(Exception):  # learn the topic's partitions now, not on the first send
+            self._producer.partitions_for(topic)
 
     def publish(self, key: str, value: bytes) -> None:
         """Hand ``value`` to the producer (delivered in the background)."""
@@ -537,6 +551,8 @@ class KafkaTail:
             raise BrokerUnavailable(f"topic {topic!r} does not exist (has the daemon started?)")
         self._consumer.assign(partitions)
         self._consumer.seek_to_end(*partitions)
+        for partition in partitions:  # resolve the end now: an event right after this is not missed
+            self._consumer.position(partition)
 
     def poll(self, timeout_s: float) -> list[bytes]:
         """What arrived, waiting up to ``timeout_s``."""

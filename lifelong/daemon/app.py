@@ -166,8 +166,19 @@ class Daemon:
         return self._state
 
     def stop(self) -> None:
-        """Ask the daemon to stop after the batch in hand; safe from signal handlers, idempotent."""
+        """Ask the daemon to stop after the batch in hand; safe from signal handlers, idempotent.
+
+        A running update round gets half the grace period to finish, then is abandoned (also the
+        one a burst runs inline on this thread).
+        """
+        if self._stop.is_set():
+            return
         self._stop.set()
+        if self.control is not None:
+            self.control.close()
+            timer = threading.Timer(self.grace_s / 2, self.control.abandon)
+            timer.daemon = True
+            timer.start()
 
     def drift(self, signals: list[str]) -> None:
         """Drift alarms were raised: a round runs now unless the cooldown says otherwise."""
@@ -281,10 +292,17 @@ class Daemon:
     def _beat(self, *, force: bool = False) -> None:
         if self.metrics is not None:
             self.metrics.heartbeat.set_to_current_time()
-            self.metrics.ready.set(int(self.readiness()[0]))
-        if self.heartbeat is None or (not force and self.clock() - self._last_beat < self.heartbeat_s):
+        if not force and self.clock() - self._last_beat < self.heartbeat_s:
             return
         self._last_beat = self.clock()
+        if self.metrics is not None:
+            try:
+                self.metrics.ready.set(int(self.readiness()[0]))
+            except (OSError, LifelongError) as error:  # the registry unreadable for a moment
+                log.warning("readiness check failed: %s", error)
+                self.metrics.ready.set(0)
+        if self.heartbeat is None:
+            return
         beat = {
             "format": HEARTBEAT_FORMAT,
             "pid": os.getpid(),

@@ -78,6 +78,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             daemon.run(burst=args.burst)
         finally:
             log.info(daemon.summary())
+        if daemon.control is not None and daemon.control.running:
+            # A round past the grace period: state and offsets are saved; do not wait for it.
+            logging.shutdown()
+            os._exit(0)
     return 0
 
 

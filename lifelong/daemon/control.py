@@ -19,7 +19,7 @@ from lifelong.connectors.base import Publisher
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.update import Outcome, Updater
-from lifelong.errors import RoundAbandoned
+from lifelong.errors import LifelongError, RoundAbandoned
 from lifelong.registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Controller:
         self.rollbacks: dict[str, int] = {"manual": 0, "auto": 0}
         self._running = threading.Lock()
         self._closed = threading.Event()
+        self._served_lock = threading.Lock()
         self._stop = threading.Event()
         self._last_drift_round = -float("inf")
         self._drift_due = False
@@ -74,11 +75,15 @@ class Controller:
         return self._running.locked()
 
     def served(self) -> None:
-        """Publish the serving version to the metrics and the live evaluation."""
-        version = self.updater.serving
-        self.metrics.model_version.set(version or 0)
-        predecessor = self.updater.predecessor
-        self.live.serving(version, predecessor=predecessor[0] if predecessor else None)
+        """Publish the serving version to the metrics and the live evaluation.
+
+        Read and written under one lock, whichever thread changed the model: the last call
+        always publishes the latest state.
+        """
+        with self._served_lock:
+            version, predecessor = self.updater.state()
+            self.metrics.model_version.set(version or 0)
+            self.live.serving(version, predecessor=predecessor[0] if predecessor else None)
 
     def drift(self, signals: list[str]) -> bool:
         """Alarms were raised: True when a round should run now (enabled, out of cooldown)."""
@@ -95,14 +100,17 @@ class Controller:
         """One round unless one is running, the daemon stops, or too few labels wait (except at burst end)."""
         if self._closed.is_set():
             return None
+        if self.updater.load_champion():  # a rollback made from the command line
+            self.served()
         pending = self.updater.pending()
         needed = {"burst": 1, "drift": self.drift_min_labels}.get(trigger, self.min_new_labels)
         if pending < needed:
-            if self.updater.load_champion():  # a rollback made from the command line
-                self.served()
             log.debug("%s round skipped: %d new labels, %d needed", trigger, pending, needed)
             return None
         if not self._running.acquire(blocking=False):
+            return None
+        if self._closed.is_set():  # closed while this call was on its way
+            self._running.release()
             return None
         self.metrics.update_running.set(1)
         started = self.clock()
@@ -120,10 +128,10 @@ class Controller:
             self.metrics.update_running.set(0)
             self.metrics.pending_labels.set(self.updater.pending())
             self._running.release()
-        self.metrics.update_duration.observe(self.clock() - started)
         if outcome is None:
             self.served()  # the champion may have been reloaded
             return None
+        self.metrics.update_duration.observe(self.clock() - started)
         self._record(outcome, trigger)
         return outcome
 
@@ -154,9 +162,7 @@ class Controller:
     def rollback(self, version: int | None, *, reason: str, trigger: str) -> ModelVersion:
         """Roll the registry back (to ``version`` or the previous champion) and serve the result."""
         before = self.updater.serving
-        target = self.updater.registry.rollback(version, reason=reason, trigger=trigger)
-        self.updater.load_champion()
-        self.live.end_probation()
+        target = self.updater.rollback(version, reason=reason, trigger=trigger)
         self.served()
         self.rollbacks[trigger] = self.rollbacks.get(trigger, 0) + 1
         self.metrics.rollbacks.labels(trigger=trigger).inc()
@@ -166,19 +172,22 @@ class Controller:
     def check_probation(self, *, margin: float, min_labels: int, window: int) -> None:
         """Roll the newest version back automatically if its live accuracy fell below its predecessor's."""
         probation = self.live.probation
-        verdict = self.live.judge(margin=margin, min_labels=min_labels, window=window)
+        verdict = self.live.judge(probation, margin=margin, min_labels=min_labels, window=window)
         if probation is None or verdict is None:
             return
         if not verdict.rollback:
             log.info("model version %d passed its live probation: %s", probation.version, verdict.reason)
-            self.live.end_probation()
-            self.updater.forget_predecessor()
+            self.live.end_probation(probation)
+            self.updater.forget_predecessor(probation.predecessor)
             return
+        self.live.end_probation(probation)
         if self.updater.serving != probation.version:
-            self.live.end_probation()
             return
         log.warning("rolling model version %d back automatically: %s", probation.version, verdict.reason)
-        self.rollback(probation.predecessor, reason=verdict.reason, trigger="auto")
+        try:
+            self.rollback(probation.predecessor, reason=verdict.reason, trigger="auto")
+        except LifelongError as error:  # the registry is locked or the predecessor is damaged
+            log.error("automatic rollback of model version %d failed: %s", probation.version, error)
 
     def publish(
         self,

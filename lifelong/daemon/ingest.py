@@ -71,7 +71,7 @@ class Ingestor:
 
     def recover(self) -> None:
         """Find the dead letters a crashed run sent after its last stored batch, so none is sent twice."""
-        self._already_sent = self.sink.sent_since(self.store.dead_letter_positions())
+        self._already_sent |= self.sink.sent_since(self.store.dead_letter_positions())
         if self._already_sent:
             log.info(
                 "%d dead letters were sent before the last crash; not sending them again",
@@ -142,7 +142,10 @@ class Ingestor:
         )
         self._uncommitted = True
         if self.on_stored is not None:
-            self.on_stored(Stored(batch=batch, applied=applied, events=events))
+            try:
+                self.on_stored(Stored(batch=batch, applied=applied, events=events))
+            except Exception:  # the batch is stored; watching it must not stop ingestion
+                log.exception("watching a stored batch failed (metrics or live accuracy may lag)")
         return handled
 
     def commit(self) -> None:

@@ -94,16 +94,20 @@ class LiveAccuracy:
             else None
         )
 
-    def end_probation(self) -> None:
-        """Stop comparing (the version passed, or it was rolled back)."""
-        self.probation = None
+    def end_probation(self, probation: Probation | None = None) -> None:
+        """Stop comparing (the version passed, or it was rolled back); only ``probation`` if named."""
+        if probation is None or self.probation is probation:
+            self.probation = None
 
     def predicted(
         self, ids: list[str], predictions: Mapping[int, Iterable[int]], labels: list[int | None]
     ) -> list[bool]:
-        """Record each version's prediction of ``ids``; score those already labeled. Returns the scores."""
+        """Record each version's prediction of ``ids``; score those already labeled.
+
+        Returns the serving champion's scores (True: right), for the drift detector.
+        """
         columns = {version: list(p) for version, p in predictions.items()}
-        scores = []
+        scores: list[bool] = []
         for i, id in enumerate(ids):
             row = {version: int(column[i]) for version, column in columns.items()}
             label = labels[i] if labels[i] is not None else self._early.pop(id, None)
@@ -112,7 +116,7 @@ class LiveAccuracy:
                 self._pending.move_to_end(id)
             else:
                 self._pending.pop(id, None)
-                scores.append(self._score(row, label))
+                self._score(row, label, scores)
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.dropped += 1
@@ -120,36 +124,38 @@ class LiveAccuracy:
 
     def labeled(self, ids: list[str], labels: list[int]) -> list[bool]:
         """Score the predictions these feedback labels answer; keep the others' labels for their samples."""
-        scores = []
+        scores: list[bool] = []
         for id, label in zip(ids, labels, strict=True):
             row = self._pending.pop(id, None)
             if row is not None:
-                scores.append(self._score(row, label))
+                self._score(row, label, scores)
             elif id not in self._early:
                 self._early[id] = label
         while len(self._early) > self.max_pending:
             self._early.popitem(last=False)
         return scores
 
-    def _score(self, row: dict[int, int], label: int) -> bool:
+    def _score(self, row: dict[int, int], label: int, scores: list[bool]) -> None:
+        """Count the serving champion's prediction (one an earlier champion made counts for nobody)."""
         champion = self._champion
-        right = row.get(champion, -1) == label if champion is not None else False
-        if champion in row:
+        if champion is not None and champion in row:
+            right = row[champion] == label
             self._scores.append(right)
+            scores.append(right)
         probation = self.probation
         if probation is not None and probation.version in row and probation.predecessor in row:
             probation.labels += 1
             probation.right += row[probation.version] == label
             probation.predecessor_right += row[probation.predecessor] == label
-        return right
 
-    def judge(self, *, margin: float, min_labels: int, window: int) -> Verdict | None:
-        """The probation's verdict once ``min_labels`` are in; None while it is still open.
+    def judge(
+        self, probation: Probation | None, *, margin: float, min_labels: int, window: int
+    ) -> Verdict | None:
+        """``probation``'s verdict once ``min_labels`` are in; None while it is still open.
 
         Rolls back when the new version's accuracy is below its predecessor's by more than
         ``margin``; passes once ``window`` labels have come without that.
         """
-        probation = self.probation
         if probation is None or probation.labels < min_labels:
             return None
         drop = probation.predecessor_accuracy - probation.accuracy

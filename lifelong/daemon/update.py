@@ -54,6 +54,17 @@ class Outcome:
         return float(scores["champion_memory"]) - float(scores["candidate_memory"])
 
 
+@dataclass(frozen=True)
+class _RoundData:
+    new: Labeled
+    recent: Labeled
+    remembered: Labeled
+    first: int
+    last: int
+    snapshot: str | None
+    offsets: dict[str, list[int]]
+
+
 class Updater:
     """Runs update rounds against the registry's champion.
 
@@ -116,9 +127,11 @@ class Updater:
         """The champion the serving one replaced in this process, while it is kept for comparison."""
         return self._predecessor
 
-    def forget_predecessor(self) -> None:
-        """Release the predecessor (its comparison is over)."""
-        self._predecessor = None
+    def forget_predecessor(self, version: int | None = None) -> None:
+        """Release the predecessor (its comparison is over); only ``version`` if named."""
+        with self._swap:
+            if version is None or (self._predecessor is not None and self._predecessor[0] == version):
+                self._predecessor = None
 
     @property
     def cursor(self) -> int:
@@ -171,44 +184,47 @@ class Updater:
             )
             return None
         with self.lock:
-            gathered = self._gather()
-        if gathered is None:
+            data = self._gather()
+        if data is None:
             return None
-        new, recent, remembered, (first, last), snapshot = gathered
         parent = self._serving
         result = self.trainer.round(
-            new, replay=_Locked(self.memory, self.lock), recent=recent, remembered=remembered, stop=stop
+            data.new,
+            replay=_Locked(self.memory, self.lock),
+            recent=data.recent,
+            remembered=data.remembered,
+            stop=stop,
         )
         checkpoint = result.candidate.checkpoint()
-        with self.lock:
-            offsets = self._offset_ranges()
         scores = finite(result.verdict.scores)
         if np.isfinite(result.report.loss):
             scores["training_loss"] = result.report.loss
-        version = self.registry.add(
-            weights=checkpoint.weights,
-            state=checkpoint.state,
-            promote=result.verdict.promote,
-            scores=scores,
-            parent=parent,
-            lineage={
-                LINEAGE_CURSOR: [first, last],
-                "samples": result.report.samples,
-                "replayed": result.report.replayed,
-                "offsets": offsets,
-                "memory_snapshot": snapshot,
-            },
-            config=self.config,
-            learner=checkpoint.meta,
-            reason=result.verdict.reason,
-            expect_champion=parent,
-        )
-        self._offsets_seen = version.lineage["offsets"]
-        if not version.lineage.get("superseded"):
-            self._cursor = last
-        promoted = version.decision == "promoted"
-        if promoted:
-            with self._swap:
+        # Recording and serving are one step for rollbacks, which take the same lock: a rollback
+        # lands before (and the registry then keeps the candidate from champion) or after.
+        with self._swap:
+            version = self.registry.add(
+                weights=checkpoint.weights,
+                state=checkpoint.state,
+                promote=result.verdict.promote,
+                scores=scores,
+                parent=parent,
+                lineage={
+                    LINEAGE_CURSOR: [data.first, data.last],
+                    "samples": result.report.samples,
+                    "replayed": result.report.replayed,
+                    "offsets": data.offsets,
+                    "memory_snapshot": data.snapshot,
+                },
+                config=self.config,
+                learner=checkpoint.meta,
+                reason=result.verdict.reason,
+                expect_champion=parent,
+            )
+            self._offsets_seen = version.lineage["offsets"]
+            if not version.lineage.get("superseded"):
+                self._cursor = data.last
+            promoted = version.decision == "promoted"
+            if promoted:
                 previous = self.trainer.champion
                 self._predecessor = (parent, previous) if parent is not None and previous else None
                 self.trainer.promote(result.candidate)
@@ -222,8 +238,20 @@ class Updater:
             parent=parent,
         )
 
-    def _gather(self) -> tuple[Labeled, Labeled, Labeled, tuple[int, int], str | None] | None:
-        """The round's labels, the gate's recent and remembered sets, the label-event range, the snapshot."""
+    def rollback(self, version: int | None, *, reason: str, trigger: str) -> ModelVersion:
+        """Roll the registry back (to ``version`` or the previous champion) and serve the result."""
+        with self._swap:
+            target = self.registry.rollback(version, reason=reason, trigger=trigger)
+            self._load_champion()
+            return target
+
+    def state(self) -> tuple[int | None, tuple[int, Learner] | None]:
+        """The serving version and the predecessor kept beside it, read together."""
+        with self._swap:
+            return self._serving, self._predecessor
+
+    def _gather(self) -> _RoundData | None:
+        """What a round reads from the store and the memory (under the state lock)."""
         events = self.store.label_events(self._cursor, self.max_round_samples)
         if not events:
             return None
@@ -242,8 +270,15 @@ class Updater:
         if self.before_round is not None:
             self.before_round()  # the memory catches up and snapshots: the round's lineage names it
         held = self.memory.select(self.trainer.held_out)
-        remembered = Labeled(ids=held.ids, x=held.x, y=held.y)
-        return new, self._recent(), remembered, (first, last), _snapshot_name(self.memory)
+        return _RoundData(
+            new=new,
+            recent=self._recent(),
+            remembered=Labeled(ids=held.ids, x=held.x, y=held.y),
+            first=first,
+            last=last,
+            snapshot=_snapshot_name(self.memory),
+            offsets=self._offset_ranges(),
+        )
 
     def _offset_ranges(self) -> dict[str, list[int]]:
         """Per partition, [first, next) offsets ingested since the previous version was recorded."""

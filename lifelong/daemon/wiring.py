@@ -145,7 +145,7 @@ def kafka_connectors(settings: Settings, stack: ExitStack) -> Connectors:
             topic=topic,
             client_options=options,
             acks="all" if model_events else 1,
-            max_block_ms=2000 if model_events else 100,
+            max_block_ms=2000 if model_events else 0,  # predictions never hold up the consumer
         )
         stack.callback(sent.close)
         return sent
