@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-learning venv clean
+.PHONY: demo test lint bench bench-learning venv clean fashion-mnist
+
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +16,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# Debian's dataset-fashion-mnist where it can be installed (root, apt); the demo falls back to digits.
+fashion-mnist:
+	@test -d $(FASHION_MNIST) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; } || \
+	  echo "dataset-fashion-mnist could not be installed: the demo streams scikit-learn's digits"
+
+demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/lifelong demo
 
 lint: $(STAMP)
@@ -37,4 +46,4 @@ bench-learning: $(STAMP)
 	$(PY) bench/learning.py --scenario permuted-fashion-mnist --memory 500 --json
 
 clean:
-	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-state demo-report .pytest_cache .mypy_cache .ruff_cache

@@ -157,6 +157,8 @@ class ScheduleSettings(_Section):
     cron: str = ""
     # A scheduled or drift-triggered round is skipped while fewer new labels than this wait.
     min_new_labels: int = Field(1000, ge=1)
+    # A round takes at most this many new labels, oldest first: a backlog trains in several rounds.
+    max_round_labels: int = Field(100_000, ge=1)
     on_drift: bool = True
     # A drift-triggered round runs once this many new labels wait (the new concept's first labels).
     drift_min_labels: int = Field(100, ge=1)
@@ -185,12 +187,14 @@ class MonitorSettings(_Section):
     # An alarm stays raised at least this long (and until its score clears): hysteresis.
     alarm_hold_s: float = Field(60.0, ge=0)
     # Automatic rollback: a newly promoted version whose live accuracy falls below its predecessor's,
-    # both scored on the same live samples, by more than ``rollback_margin`` once ``rollback_min_labels``
-    # labeled predictions are in, within its first ``rollback_window`` labels.
+    # both scored on the same live samples, by more than ``rollback_margin`` + ``rollback_z`` standard
+    # errors once ``rollback_min_labels`` labeled predictions are in, within its first ``rollback_window``.
     auto_rollback: bool = True
     rollback_margin: float = Field(0.05, ge=0, le=1)
     rollback_min_labels: int = Field(200, ge=1)
     rollback_window: int = Field(2000, ge=1)
+    # Standard errors of the paired difference added to the margin: a few samples' luck is no fault.
+    rollback_z: float = Field(2.0, ge=0)
 
 
 class HttpSettings(_Section):

@@ -79,3 +79,17 @@ def test_a_drop_both_versions_share_is_the_stream_not_the_version() -> None:
 
 def test_no_verdict_before_enough_labels() -> None:
     assert judged(probation_after(right_new=0, right_old=100, labels=100), window=1000) is None
+
+
+def test_a_drop_within_the_noise_of_250_samples_is_not_a_fault() -> None:
+    # The new version loses 19 samples its predecessor had and gains 5: 0.056 lower, about 2 SE.
+    live = LiveAccuracy(window=100)
+    live.serving(2, predecessor=1)
+    both, lost, gained, neither = 200, 19, 5, 26
+    old = [0] * both + [0] * lost + [1] * gained + [1] * neither
+    new = [0] * both + [1] * lost + [0] * gained + [1] * neither
+    live.predicted([f"s{i}" for i in range(250)], {2: new, 1: old}, labels=[0] * 250)
+    probation = live.probation
+    assert probation is not None and probation.drop_se == pytest.approx(0.019, abs=0.001)
+    assert live.judge(probation, margin=0.05, min_labels=200, window=1000) is None
+    assert live.judge(probation, margin=0.05, min_labels=200, window=1000, z=0).rollback  # type: ignore[union-attr]

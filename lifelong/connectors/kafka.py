@@ -512,7 +512,11 @@ class KafkaPublisher:
         self.topic = topic
         self.dropped = 0
         self._producer = KafkaProducer(
-            acks=acks, linger_ms=20, max_block_ms=max_block_ms, **dict(client_options)
+            acks=acks,
+            enable_idempotence=acks == "all",  # kafka-python warns when acks=1 meets its idempotent default
+            linger_ms=20,
+            max_block_ms=max_block_ms,
+            **dict(client_options),
         )
         with contextlib.suppress(Exception):  # learn the topic's partitions now, not on the first send
             self._producer.partitions_for(topic)
@@ -525,6 +529,10 @@ class KafkaPublisher:
             self._drop(error)
             return
         future.add_errback(self._drop)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until what was handed over is delivered (or ``timeout_s`` passes)."""
+        self._producer.flush(timeout=timeout_s)
 
     def _drop(self, error: BaseException) -> None:
         self.dropped += 1

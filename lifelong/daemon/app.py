@@ -102,6 +102,7 @@ class Probation:
     margin: float = 0.05
     min_labels: int = 200
     window: int = 2000
+    z: float = 2.0
 
 
 class Daemon:
@@ -267,6 +268,7 @@ class Daemon:
                     margin=self.probation.margin,
                     min_labels=self.probation.min_labels,
                     window=self.probation.window,
+                    z=self.probation.z,
                 )
             if self._drift_due.is_set() and self.schedule is not None:
                 self._drift_due.clear()

@@ -199,8 +199,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lifelong.daemon.demo import run_demo
 
-    run_demo(state_dir=args.state_dir)
-    return 0
+    summary = run_demo(
+        state_dir=args.state_dir, report_dir=args.report_dir, dataset=args.dataset, per_task=args.per_task
+    )
+    return 0 if summary["rollback_demonstrated"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,10 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the whole loop against the embedded broker",
-        description="Stream scikit-learn's digits through the embedded broker into the daemon and "
-        "show what it stored and dead-lettered.",
+        description="Stream split Fashion-MNIST (or scikit-learn's digits) through the embedded broker "
+        "into the daemon with delayed feedback, show its progress live, roll back through the admin API, "
+        "and write an HTML report with plots to demo-report/.",
     )
     demo.add_argument("--state-dir", type=Path, default=Path("demo-state"), help="state directory to use")
+    demo.add_argument("--report-dir", type=Path, default=Path("demo-report"), help="where the report goes")
+    demo.add_argument(
+        "--dataset",
+        choices=["auto", "split-fashion-mnist", "split-digits"],
+        default="auto",
+        help="the stream (auto: Fashion-MNIST when installed, else scikit-learn's digits)",
+    )
+    demo.add_argument(
+        "--per-task", type=int, default=None, help="training samples per task (default: 6000 Fashion-MNIST)"
+    )
     demo.set_defaults(handler=_cmd_demo)
     return parser
 

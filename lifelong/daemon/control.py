@@ -96,14 +96,19 @@ class Controller:
         log.warning("drift alarm (%s): an update round is due", ", ".join(signals))
         return True
 
-    def run_round(self, trigger: str) -> Outcome | None:
-        """One round unless one is running, the daemon stops, or too few labels wait (except at burst end)."""
+    def run_round(self, trigger: str, *, force: bool = False) -> Outcome | None:
+        """One round unless one is running, the daemon stops, or too few labels wait.
+
+        ``force`` (and the end of a burst) trains on whatever waits, however few.
+        """
         if self._closed.is_set():
             return None
         if self.updater.load_champion():  # a rollback made from the command line
             self.served()
         pending = self.updater.pending()
-        needed = {"burst": 1, "drift": self.drift_min_labels}.get(trigger, self.min_new_labels)
+        needed = (
+            1 if force else {"burst": 1, "drift": self.drift_min_labels}.get(trigger, self.min_new_labels)
+        )
         if pending < needed:
             log.debug("%s round skipped: %d new labels, %d needed", trigger, pending, needed)
             return None
@@ -169,10 +174,10 @@ class Controller:
         self.publish("rolled_back", target, trigger=trigger, parent=before, reason=reason)
         return target
 
-    def check_probation(self, *, margin: float, min_labels: int, window: int) -> None:
+    def check_probation(self, *, margin: float, min_labels: int, window: int, z: float = 2.0) -> None:
         """Roll the newest version back automatically if its live accuracy fell below its predecessor's."""
         probation = self.live.probation
-        verdict = self.live.judge(probation, margin=margin, min_labels=min_labels, window=window)
+        verdict = self.live.judge(probation, margin=margin, min_labels=min_labels, window=window, z=z)
         if probation is None or verdict is None:
             return
         if not verdict.rollback:

@@ -29,6 +29,17 @@ class Probation:
     labels: int = 0
     right: int = 0
     predecessor_right: int = 0
+    gained: int = 0  # samples the new version got right and its predecessor wrong
+    lost: int = 0  # ... and the other way round
+
+    @property
+    def drop_se(self) -> float:
+        """The standard error of the paired accuracy difference (0 before any label)."""
+        if not self.labels:
+            return 0.0
+        n = self.labels
+        mean = (self.gained - self.lost) / n
+        return math.sqrt(max((self.gained + self.lost) / n - mean * mean, 0.0) / n)
 
     @property
     def accuracy(self) -> float:
@@ -144,28 +155,32 @@ class LiveAccuracy:
             scores.append(right)
         probation = self.probation
         if probation is not None and probation.version in row and probation.predecessor in row:
+            new, old = row[probation.version] == label, row[probation.predecessor] == label
             probation.labels += 1
-            probation.right += row[probation.version] == label
-            probation.predecessor_right += row[probation.predecessor] == label
+            probation.right += new
+            probation.predecessor_right += old
+            probation.gained += new and not old
+            probation.lost += old and not new
 
     def judge(
-        self, probation: Probation | None, *, margin: float, min_labels: int, window: int
+        self, probation: Probation | None, *, margin: float, min_labels: int, window: int, z: float = 2.0
     ) -> Verdict | None:
         """``probation``'s verdict once ``min_labels`` are in; None while it is still open.
 
         Rolls back when the new version's accuracy is below its predecessor's by more than
-        ``margin``; passes once ``window`` labels have come without that.
+        ``margin`` plus ``z`` standard errors of the paired difference (a few samples' luck
+        is not a fault); passes once ``window`` labels have come without that.
         """
         if probation is None or probation.labels < min_labels:
             return None
         drop = probation.predecessor_accuracy - probation.accuracy
-        if drop > margin:
+        if drop > margin + z * probation.drop_se:
             return Verdict(
                 rollback=True,
                 reason=(
                     f"live accuracy {probation.accuracy:.3f} < predecessor v{probation.predecessor}'s "
                     f"{probation.predecessor_accuracy:.3f} on the same {probation.labels} labeled samples "
-                    f"(margin {margin:.3f})"
+                    f"(margin {margin:.3f} + {z:g} x SE {probation.drop_se:.3f})"
                 ),
             )
         if probation.labels >= window:
