@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-learning venv clean fashion-mnist
+.PHONY: demo test lint bench bench-learning venv clean fashion-mnist prometheus
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
@@ -31,7 +31,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check lifelong tests bench
 	$(VENV)/bin/mypy
 
-test: lint
+# Debian's prometheus (promtool) for the tests that check deploy/ against a real server; skipped without.
+prometheus:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null 2>&1; }; }; } || \
+	  echo "prometheus could not be installed: the deploy/ tests that need it are skipped"
+
+test: lint prometheus
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from lifelong.connectors.broker import EmbeddedBroker
 from lifelong.connectors.kafka import ensure_topics
+from lifelong.events import encode_feedback, encode_sample
 from lifelong.memory.samples import SampleStore
 from tests.streams import FEATURES, MAX_CLASSES, MAX_MESSAGE_BYTES
 
@@ -104,3 +111,83 @@ class Setup:
     def labels(self) -> dict[str, int]:
         with SampleStore.open(self.state, readonly=True) as store:
             return {id: y for id, _, y in store.labeled()}
+
+
+def events(
+    x: np.ndarray, y: np.ndarray, prefix: str, *, feedback_every: int = 0
+) -> list[tuple[str, bytes, bytes]]:
+    """Samples labeled inline, or (every ``feedback_every``-th) through feedback after all the samples."""
+    out, late = [], []
+    for i, (row, label) in enumerate(zip(x, y, strict=True)):
+        id = f"{prefix}{i}"
+        by_feedback = feedback_every and i % feedback_every == 0
+        out.append(
+            ("samples", id.encode(), encode_sample(id, row.tolist(), None if by_feedback else int(label)))
+        )
+        if by_feedback:
+            late.append(("feedback", id.encode(), encode_feedback(id, int(label))))
+    return out + late
+
+
+class Running:
+    """A `lifelong run` in the background, with its HTTP port found from the heartbeat."""
+
+    def __init__(self, setup: Setup, log: Path) -> None:
+        self.setup = setup
+        self.log = log
+        with open(log, "w") as stderr:
+            self.process = subprocess.Popen([*CLI, "run", "--config", str(setup.config)], stderr=stderr)
+        self.base = ""
+        wait_for(self._started, timeout_s=180, what=lambda: log.read_text()[-3000:])
+
+    def _started(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        try:
+            beat = json.loads((self.setup.state / "HEARTBEAT").read_text())
+        except (OSError, ValueError):
+            return False
+        if beat.get("state") != "running" or not beat.get("http_port"):
+            return False
+        self.base = f"http://127.0.0.1:{beat['http_port']}"
+        return True
+
+    def call(self, path: str, *, body: bytes | None = None, token: str | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.base + path, data=body, method="POST" if body is not None else "GET"
+        )
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                raw = response.read()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            raw, status = error.read(), error.code
+        return status, raw.decode() if path == "/metrics" else json.loads(raw)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        _, text = self.call("/metrics")
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.metrics().get((name, tuple(sorted(labels.items()))))
+
+    def stop(self, grace_s: float) -> tuple[int, float]:
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=grace_s + 30)
+        return code, time.monotonic() - started
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float = 180.0, what: Callable[[], str] = lambda: ""
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: {what()}")
+        time.sleep(0.25)

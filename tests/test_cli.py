@@ -11,7 +11,7 @@ import pytest
 from lifelong import __version__
 from lifelong.daemon.cli import build_parser, main
 
-COMMANDS = ["run", "status", "forget", "broker", "demo"]
+COMMANDS = ["run", "check", "status", "forget", "versions", "rollback", "produce", "broker", "demo"]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

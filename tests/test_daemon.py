@@ -32,7 +32,9 @@ max_classes = 10
 capacity = 1000
 follow_interval_s = 0
 [learner]
-epochs = 3
+# Fast to learn, the clean versions and the poisoned one alike: their gap is far beyond noise.
+epochs = 5
+lr = 0.003
 device = "cpu"
 model_options = {{ hidden = [64] }}
 # The gate is off here: the live probation must catch what it lets through.
@@ -60,11 +62,13 @@ def produce(bus: MemoryBus, settings: Settings, rows: np.ndarray, labels: np.nda
         bus.produce(settings.kafka.samples_topic, value, key=f"{prefix}{row}".encode())
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float = 120.0, what: Callable[[], object] = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
+            raise AssertionError(f"timed out waiting: {what()}")
         time.sleep(0.05)
 
 
@@ -111,7 +115,12 @@ def test_a_poisoned_version_the_gate_let_through_is_rolled_back_by_live_accuracy
 
     # Clean samples arrive: v2 and v1 both predict them; v2 is far worse on the same samples.
     produce(bus, settings, later, Y[later], "live-")
-    wait_for(lambda: champion(settings) == 1)
+    control = daemon.control
+    assert control is not None
+    wait_for(
+        lambda: champion(settings) == 1,
+        what=lambda: (control.live.probation, control.updater.state()[0], control.live.scored, control.counts),
+    )
     versions = {v.version: v for v in open_registry(settings).versions()}
     assert versions[2].status == "rolled_back"
     assert versions[2].rolled_back is not None and versions[2].rolled_back["trigger"] == "auto"

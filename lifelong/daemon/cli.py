@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -196,6 +197,33 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from lifelong.daemon.produce import produce
+
+    settings = _settings(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        sent = produce(
+            settings,
+            dataset=args.dataset,
+            rate=args.rate,
+            feedback_delay_s=args.feedback_delay,
+            loop=args.loop,
+            stop=stop,
+        )
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    print(json.dumps({"samples": sent}))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lifelong.daemon.demo import run_demo
 
@@ -300,6 +328,24 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
     broker.set_defaults(handler=_cmd_broker)
+
+    produce = commands.add_parser(
+        "produce",
+        help="stream a benchmark into the configured topics (a demo producer)",
+        description="Send a benchmark's samples to [kafka] samples_topic at a steady rate, half labeled "
+        "inline and half through feedback a few seconds later, to try a deployment end to end.",
+    )
+    produce.add_argument("--config", "-c", help="TOML settings file")
+    produce.add_argument(
+        "--dataset",
+        choices=["split-digits", "split-fashion-mnist", "permuted-fashion-mnist"],
+        default="split-digits",
+        help="the stream (its features and classes must match [data])",
+    )
+    produce.add_argument("--rate", type=float, default=100.0, help="samples per second")
+    produce.add_argument("--feedback-delay", type=float, default=5.0, help="seconds before late labels")
+    produce.add_argument("--loop", action="store_true", help="start over with fresh ids at the end")
+    produce.set_defaults(handler=_cmd_produce)
 
     demo = commands.add_parser(
         "demo",
