@@ -119,7 +119,7 @@ def test_a_poisoned_version_the_gate_let_through_is_rolled_back_by_live_accuracy
     assert control is not None
     wait_for(
         lambda: champion(settings) == 1,
-        what=lambda: (control.live.probation, control.updater.state()[0], control.live.scored, control.counts),
+        what=lambda: (control.live.probation, control.updater.state()[0], control.counts),
     )
     versions = {v.version: v for v in open_registry(settings).versions()}
     assert versions[2].status == "rolled_back"
