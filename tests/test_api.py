@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from lifelong.daemon.api import HttpApi, HttpServer
+from lifelong.daemon.api import DeferredAdmin, HttpApi, HttpServer
 from lifelong.errors import StateError, VersionNotFoundError
 
 TOKEN = "s3cret-token"
@@ -134,5 +134,24 @@ def test_the_admin_api_needs_a_token_unless_disabled() -> None:
     server.start()
     try:
         assert call(f"http://127.0.0.1:{server.port}/rollback", method="POST", body=b"{}")[0] == 403
+    finally:
+        server.close()
+
+
+def test_the_port_answers_while_the_daemon_starts() -> None:
+    admin = DeferredAdmin()
+    server = HttpServer(
+        app=HttpApi(admin=admin, registry=CollectorRegistry(), token=TOKEN), host="127.0.0.1", port=0
+    )
+    server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert call(f"{base}/healthz")[0] == 200
+        assert call(f"{base}/readyz")[0] == 503
+        status, _, body = call(f"{base}/rollback", method="POST", body=b"{}", token=TOKEN)
+        assert status == 409 and "starting" in json.loads(body)["error"]
+        admin.target = FakeAdmin()  # built: everything goes to the daemon now
+        assert call(f"{base}/readyz")[0] == 200
+        assert call(f"{base}/rollback", method="POST", body=b"{}", token=TOKEN)[0] == 200
     finally:
         server.close()

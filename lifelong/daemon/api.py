@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from lifelong.errors import LifelongError, VersionNotFoundError
+from lifelong.errors import LifelongError, StateError, VersionNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,35 @@ class Admin(Protocol):
     def rollback(self, version: int | None, reason: str) -> dict[str, Any]:
         """Roll back (to ``version``, or the previous champion); what serves now."""
         ...
+
+
+class DeferredAdmin:
+    """The daemon's stand-in while it is built: alive and not ready; then everything goes to ``target``."""
+
+    def __init__(self) -> None:
+        self.target: Admin | None = None
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive (starting) until the daemon answers."""
+        return self.target.health() if self.target is not None else (True, {"state": "starting"})
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Not ready until the daemon answers."""
+        if self.target is None:
+            return False, {"state": "starting", "checks": {"running": False}}
+        return self.target.readiness()
+
+    def versions(self) -> dict[str, Any]:
+        """The daemon's versions (none listed while it starts)."""
+        if self.target is None:
+            return {"serving": None, "champion": None, "versions": [], "state": "starting"}
+        return self.target.versions()
+
+    def rollback(self, version: int | None, reason: str) -> dict[str, Any]:
+        """The daemon's rollback; refused while it starts."""
+        if self.target is None:
+            raise StateError("the daemon is starting: try the rollback again in a moment")
+        return self.target.rollback(version, reason)
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -150,7 +179,9 @@ class HttpServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        """Start answering."""
+        """Start answering (once; later calls do nothing)."""
+        if self._thread.is_alive():
+            return
         self._thread.start()
         log.info("HTTP on http://%s:%d (/metrics /healthz /readyz /versions /rollback)", self.host, self.port)
 

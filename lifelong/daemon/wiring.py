@@ -15,7 +15,7 @@ from lifelong.config import ADMIN_TOKEN_ENV, KafkaSettings, Settings
 from lifelong.connectors.base import DeadLetterSink, Publisher, Source
 from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaPublisher, KafkaSource, ensure_topics
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
-from lifelong.daemon.api import HttpApi, HttpServer
+from lifelong.daemon.api import DeferredAdmin, HttpApi, HttpServer
 from lifelong.daemon.app import Daemon, Probation, StateLock
 from lifelong.daemon.control import Controller
 from lifelong.daemon.drift import DriftMonitor
@@ -187,6 +187,15 @@ def build_daemon(
     kafka = settings.kafka
     token, admin_enabled = _admin_token(settings)  # a missing token fails before anything starts
     stack.enter_context(StateLock(settings.state.dir))
+    metrics = Metrics(registry=metrics_registry if metrics_registry is not None else CollectorRegistry())
+    # The port answers from here on (alive, not ready) while the cluster and the model are reached.
+    admin = DeferredAdmin()
+    http = None
+    if settings.http.enabled:
+        app = HttpApi(admin=admin, registry=metrics.registry, token=token, admin_enabled=admin_enabled)
+        http = HttpServer(app=app, host=settings.http.host, port=settings.http.port)
+        stack.callback(http.close)
+        http.start()
     store = stack.enter_context(open_store(settings))
     if connectors is None:
         connectors = kafka_connectors(settings, stack)
@@ -198,7 +207,6 @@ def build_daemon(
         max_message_bytes=settings.data.max_message_bytes,
     )
     lock = threading.RLock()  # the store and memory: the consumer writes, update rounds read
-    metrics = Metrics(registry=metrics_registry if metrics_registry is not None else CollectorRegistry())
     memory = open_memory(settings)
     stack.callback(memory.close)
     feed = MemoryFeed(
@@ -276,10 +284,8 @@ def build_daemon(
         on_alarm=daemon.drift,
     )
     daemon.ingestor.on_stored = watch.observe
-    if settings.http.enabled:
-        app = HttpApi(admin=daemon, registry=metrics.registry, token=token, admin_enabled=admin_enabled)
-        daemon.http = HttpServer(app=app, host=settings.http.host, port=settings.http.port)
-        stack.callback(daemon.http.close)
+    daemon.http = http
+    admin.target = daemon
     return daemon
 
 
