@@ -66,7 +66,6 @@ class Controller:
         self._served_lock = threading.Lock()
         self._stop = threading.Event()
         self._last_drift_round = -float("inf")
-        self._drift_due = False
         self.served()
 
     @property

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.request
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class Progress:
     task: int = 0
     tasks: int = 0
     phase: str = "starting"
-    notes: list[str] = field(default_factory=list)
 
 
 def demo_scenario(dataset: str, per_task: int | None) -> Scenario:

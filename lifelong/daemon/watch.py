@@ -34,8 +34,8 @@ class Watch:
 
     Example::
 
-        watch = Watch(live=live, drift=drift, metrics=metrics, champion=updater.champion_of,
-                      memory=memory, features=784, on_alarm=print)
+        watch = Watch(live=live, drift=drift, metrics=metrics, models=lambda: {1: champion},
+                      memory=memory, lock=lock, features=784, on_alarm=print)
         ingestor.on_stored = watch.observe
     """
 
