@@ -38,6 +38,30 @@ def exact_knn(
     return distances, found
 
 
+class Projection:
+    """A fixed linear map from ``features`` to ``dim`` dimensions, applied by FAISS.
+
+    FAISS's BLAS shares its OpenMP threads with the searches; numpy's keeps its own
+    threads spinning after each product, which would take the cores from the search
+    that follows it.
+
+    >>> import numpy as np
+    >>> Projection(np.eye(3, 2, dtype=np.float32)).apply(np.ones((1, 3), np.float32)).tolist()
+    [[1.0, 1.0]]
+    """
+
+    def __init__(self, matrix: np.ndarray[Any, Any]) -> None:
+        features, dim = matrix.shape
+        self._transform: Any = faiss.LinearTransform(features, dim, False)
+        rows = np.ascontiguousarray(matrix.T, dtype=np.float32)  # FAISS computes A @ x
+        faiss.copy_array_to_vector(rows.ravel(), self._transform.A)
+        self._transform.is_trained = True
+
+    def apply(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """``x @ matrix`` for rows ``x``."""
+        return self._transform.apply(np.ascontiguousarray(x, dtype=np.float32))  # type: ignore[no-any-return]
+
+
 class VectorIndex:
     """Slot-addressed vectors: add, remove, search, regions.
 

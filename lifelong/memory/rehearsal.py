@@ -34,7 +34,7 @@ import numpy as np
 from lifelong.errors import StateError
 from lifelong.memory import layout
 from lifelong.memory.bags import Bag, Bags
-from lifelong.memory.index import VectorIndex, exact_knn, ivf_lists, training_size
+from lifelong.memory.index import Projection, VectorIndex, exact_knn, ivf_lists, training_size
 from lifelong.memory.payloads import PayloadLog
 from lifelong.memory.snapshot import SnapshotDir
 
@@ -100,12 +100,9 @@ class RehearsalMemory:
         self.duplicate_radius = duplicate_radius
         self.seed = seed
         self.dim = min(features, KEY_DIM)
+        gaussian = np.random.default_rng(seed).standard_normal
         self._projection = (
-            None
-            if features <= KEY_DIM
-            else (np.random.default_rng(seed).standard_normal((features, KEY_DIM)) / np.sqrt(KEY_DIM)).astype(
-                np.float32
-            )
+            None if features <= KEY_DIM else Projection(gaussian((features, KEY_DIM)) / np.sqrt(KEY_DIM))
         )
         self._snapshots = SnapshotDir(self.directory / "snapshots", kind="rehearsal-memory", format=FORMAT)
         self._reset()
@@ -157,7 +154,7 @@ class RehearsalMemory:
     def keys_of(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """The search keys of inputs ``x`` (n x features)."""
         x = np.asarray(x, dtype=np.float32).reshape(-1, self.features)
-        return x if self._projection is None else x @ self._projection
+        return x if self._projection is None else self._projection.apply(x)
 
     # -- adding ----------------------------------------------------------------------------------
 
