@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lifelong.daemon.process import pin_mmap_threshold
+from lifelong.memory.index import resolve_device
 from lifelong.memory.rehearsal import RehearsalMemory
 
 FEATURES = 784
@@ -103,7 +104,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
     pin_mmap_threshold()  # as the daemon does
-    result: dict[str, object] = {"features": FEATURES, "policy": args.policy, "sizes": {}}
+    result: dict[str, object] = {
+        "features": FEATURES,
+        "policy": args.policy,
+        "device": resolve_device("auto"),  # searches on the GPU with a GPU build of faiss
+        "sizes": {},
+    }
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(dir=".") as tmp:
             figures = measure(size, Path(tmp), args.policy)

@@ -89,6 +89,9 @@ class MemorySettings(_Section):
     follow_batch: int = Field(20_000, ge=1)
     follow_interval_s: float = Field(2.0, ge=0)
     seed: int = 0
+    # Where searches run (novelty, neighbours, near-duplicates): "auto" uses a GPU when the installed
+    # faiss is a GPU build and sees one (exact search there), else the CPU's IVF index.
+    device: Literal["auto", "cpu", "gpu"] = "auto"
 
 
 class LearnerSettings(_Section):

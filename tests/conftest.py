@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,20 @@ from lifelong.connectors.broker import EmbeddedBroker
 from tests.kafka_setup import Setup
 
 _counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging() -> Iterator[None]:
+    """Undo what ``lifelong.daemon.cli.main`` does to the root logger when a test calls it in-process.
+
+    Its handler writes to that test's captured stderr, which is closed once the test ends;
+    a daemon thread of a later test logging through it would fail.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

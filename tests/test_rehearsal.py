@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifelong.errors import StateError
+from lifelong.memory import index as vector_index
 from lifelong.memory.bags import Bag
-from lifelong.memory.rehearsal import POLICIES, RehearsalMemory
+from lifelong.memory.rehearsal import POLICIES, Policy, RehearsalMemory
 
 FEATURES = 8
 
@@ -64,6 +65,23 @@ def test_class_balanced_keeps_rare_classes(tmp_path: Path) -> None:
     assert min(reservoir.classes().values()) < 25  # the baseline loses the rare classes' share
 
 
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+def test_every_sample_of_a_long_stream_is_kept_with_equal_chance(tmp_path: Path, policy: Policy) -> None:
+    kept = np.zeros(500)
+    for seed in range(40):
+        memory = RehearsalMemory(
+            tmp_path / str(seed), features=FEATURES, capacity=50, policy=policy, seed=seed
+        )
+        for ids, x, _ in batches(np.random.default_rng(seed), 10, 50):
+            memory.add(ids, x, np.zeros(len(ids), dtype=np.int64))  # one class: a reservoir within it
+        kept[[int(id[1:]) for id in memory.sample(50).ids]] += 1
+        memory.close()
+    # Each sample stays with probability 1/10: about 400 of the 4,000 for the first 100 and the last 100.
+    first, last = kept[:100].sum(), kept[-100:].sum()
+    assert abs(first - last) < 120, (first, last)
+    assert 300 < first < 500
+
+
 def test_diversity_stores_fewer_near_duplicates(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     prototypes = rng.normal(size=(40, FEATURES)).astype(np.float32) * 5
@@ -83,6 +101,17 @@ def test_diversity_stores_fewer_near_duplicates(tmp_path: Path) -> None:
 
     assert near_duplicates(diverse) < near_duplicates(reservoir) / 10
     assert diverse.counters["near_duplicates"] > 1000
+
+
+def test_diversity_finds_repeats_inside_a_large_batch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(10_000, FEATURES)).astype(np.float32)
+    twins = rng.choice(10_000, size=500, replace=False)  # repeated later in the same batch
+    x = np.concatenate([x, x[twins] + rng.normal(scale=1e-4, size=(500, FEATURES)).astype(np.float32)])
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=20_000, policy="diversity")
+    added = memory.add([f"s{i}" for i in range(len(x))], x, np.zeros(len(x), dtype=np.int64))
+    assert added.near_duplicates >= 490  # the batch is large enough to be searched approximately
+    assert added.near_duplicates <= 500 + 10
 
 
 def test_snapshot_round_trip_is_exact(tmp_path: Path) -> None:
@@ -264,3 +293,27 @@ def test_bag_behaves_like_a_set(operations: list[tuple[bool, int]]) -> None:
         if model:
             assert bag.choice(rng) in model
             assert set(bag.sample(rng, 5).tolist()) <= model
+
+
+def test_gpu_searches_an_exact_copy_kept_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The GPU path with FAISS's CPU flat index in place of its GPU one: the same mirror logic.
+    monkeypatch.setattr(vector_index, "gpu_count", lambda: 1)
+    monkeypatch.setattr(vector_index, "gpu_flat_index", vector_index.faiss.IndexFlatL2)
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=12_000, policy="reservoir", device="auto")
+    assert memory.device == "gpu"
+    rng = np.random.default_rng(6)
+    queries = rng.normal(size=(20, FEATURES)).astype(np.float32)
+    for n, (ids, x, y) in enumerate(batches(rng, 30, 1000)):  # past the IVF's training size, with evictions
+        memory.add(ids, x, y)
+        if n % 10 == 9:
+            memory.forget(ids[:100])
+            assert memory.neighbors(queries, 5).ids == memory.neighbors(queries, 5, exact=True).ids
+    assert memory._index.trained  # the IVF is kept on the CPU as the record (regions, snapshots)
+    memory.add(["new"], queries[:1] + 1e-3, [0])  # a change since the last search is seen at once
+    assert "new" in memory.neighbors(queries[:1], 1).ids
+
+
+def test_gpu_device_without_a_gpu_build_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"memory\.device = 'gpu'.*faiss-gpu"):
+        vector_index.resolve_device("gpu")
+    assert vector_index.resolve_device("auto") == "cpu"

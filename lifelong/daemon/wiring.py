@@ -78,15 +78,19 @@ def open_store(settings: Settings, *, readonly: bool = False) -> SampleStore:
 def open_memory(settings: Settings) -> RehearsalMemory:
     """The rehearsal memory in the state directory (restored from its last snapshot)."""
     memory = settings.memory
-    return RehearsalMemory(
-        Path(settings.state.dir) / "memory",
-        features=settings.data.features,
-        capacity=memory.capacity,
-        policy=memory.policy,
-        dtype=memory.dtype,
-        duplicate_radius=memory.duplicate_radius,
-        seed=memory.seed,
-    )
+    try:
+        return RehearsalMemory(
+            Path(settings.state.dir) / "memory",
+            features=settings.data.features,
+            capacity=memory.capacity,
+            policy=memory.policy,
+            dtype=memory.dtype,
+            duplicate_radius=memory.duplicate_radius,
+            seed=memory.seed,
+            device=memory.device,
+        )
+    except ValueError as error:  # memory.device = "gpu" without a GPU build of faiss or a GPU
+        raise ConfigError(str(error)) from None
 
 
 def memory_status(settings: Settings) -> dict[str, Any]:

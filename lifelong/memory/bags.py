@@ -123,12 +123,3 @@ class Bags(dict[int, Bag]):
             bag.extend(members[start : start + size])
             start += size
         return bags
-
-    def largest(self) -> int:
-        """The key of the fullest bag (the smallest such key on ties)."""
-        best_key, best_size = 0, -1
-        for key, bag in self.items():  # one pass: this runs once per eviction
-            size = len(bag._items)
-            if size > best_size or (size == best_size and key < best_key):
-                best_key, best_size = key, size
-        return best_key

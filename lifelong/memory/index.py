@@ -3,19 +3,65 @@
 Exact (flat) search while the memory is small; an inverted-file index (IVF) trained
 on the keys once there are enough of them, with about sqrt(capacity) lists. The
 IVF's coarse centroids double as the memory's regions (for the diversity policy).
+
+With a GPU build of FAISS and a GPU, searches go to an exact copy of the keys on the
+GPU instead (:class:`ExactMirror`): FAISS's GPU indexes cannot remove vectors, and
+the memory evicts all the time, so the CPU index stays the record.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+Device = Literal["auto", "cpu", "gpu"]
+DEVICES = ("auto", "cpu", "gpu")
+# FAISS's GPU search handles at most this many neighbours per query.
+_GPU_MAX_K = 2048
+# Scratch memory FAISS reserves on the GPU (its default, 18% of the GPU, would crowd out training).
+_GPU_TEMP_BYTES = 512 << 20
+_gpu_resources: Any = None
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use: 0 with a CPU-only build of faiss."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+def resolve_device(device: str) -> Literal["cpu", "gpu"]:
+    """Where searches run: ``auto`` picks the GPU when FAISS can use one; ``gpu`` insists."""
+    if device not in DEVICES:
+        raise ValueError(f"memory.device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    if gpu_count():
+        return "gpu"
+    if device == "gpu":
+        raise ValueError(
+            "memory.device = 'gpu', but the installed faiss has no GPU support or sees no GPU: install "
+            "a GPU build (pip install faiss-gpu-cu12 in place of faiss-cpu) or set memory.device = 'auto'"
+        )
+    return "cpu"
+
+
+def gpu_flat_index(dim: int) -> Any:
+    """An empty exact (flat) L2 index on GPU 0, sharing one set of FAISS GPU resources per process."""
+    global _gpu_resources
+    if _gpu_resources is None:
+        _gpu_resources = faiss.StandardGpuResources()
+        _gpu_resources.setTempMemory(_GPU_TEMP_BYTES)
+    return faiss.GpuIndexFlatL2(_gpu_resources, dim)
 
 
 def ivf_lists(capacity: int) -> int:
@@ -35,6 +81,27 @@ def exact_knn(
     distances, found = faiss.knn(
         np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(keys, dtype=np.float32), k
     )
+    return distances, found
+
+
+def batch_knn(
+    keys: np.ndarray[Any, Any], k: int, *, exact_up_to: int = 4096
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Each key's ``k`` nearest among ``keys`` themselves (positions in ``keys``).
+
+    Exact for small batches; a larger one gets an IVF trained on itself (about sqrt(n) lists,
+    two probed), so finding repeats inside a batch of n keys costs about n * sqrt(n), not n * n.
+    Near-duplicates share a list but for the rare pair across a boundary, which is then missed.
+    """
+    keys = np.ascontiguousarray(keys, dtype=np.float32)
+    if len(keys) <= exact_up_to:
+        return exact_knn(keys, keys, k)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(keys.shape[1]), keys.shape[1], ivf_lists(len(keys)))
+    index.cp.min_points_per_centroid = 1  # no warning for the few points per list k-means gets here
+    index.train(keys)
+    index.add(keys)
+    index.nprobe = 2
+    distances, found = index.search(keys, k)
     return distances, found
 
 
@@ -62,6 +129,55 @@ class Projection:
         return self._transform.apply(np.ascontiguousarray(x, dtype=np.float32))  # type: ignore[no-any-return]
 
 
+class ExactMirror:
+    """An exact copy of the held keys in a flat index (on the GPU), rebuilt at the next search after a change.
+
+    ``held`` returns the keys held and their slots. Brute force on a GPU is exact and takes
+    about a millisecond for 256 queries over a million 64-dimensional keys; a rebuild copies
+    the keys over once (tens of milliseconds at a million), and happens only when the memory
+    changed since the last search.
+
+    Example::
+
+        mirror = ExactMirror(dim=64, held=lambda: (keys[slots], slots))
+        distances, slots = mirror.search(queries, k=10)
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        held: Callable[[], tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+        flat_index: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.dim = dim
+        self.held = held
+        self.stale = True
+        self._index = (flat_index or gpu_flat_index)(dim)
+        self._slots = np.zeros(0, dtype=np.int64)
+
+    def search(
+        self, queries: np.ndarray[Any, Any], k: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Squared L2 distances and slots of the ``k`` nearest held keys (slot -1 where fewer exist)."""
+        if self.stale:
+            keys, slots = self.held()
+            self._index.reset()
+            if len(keys):
+                self._index.add(np.ascontiguousarray(keys, dtype=np.float32))
+            self._slots = np.asarray(slots, dtype=np.int64)
+            self.stale = False
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        found_k = min(k, len(self._slots), _GPU_MAX_K)
+        distances = np.full((len(queries), k), np.inf, dtype=np.float32)
+        slots = np.full((len(queries), k), -1, dtype=np.int64)
+        if found_k and len(queries):
+            near, rows = self._index.search(queries, found_k)
+            distances[:, :found_k] = near
+            slots[:, :found_k] = np.where(rows >= 0, self._slots[np.maximum(rows, 0)], -1)
+        return distances, slots
+
+
 class VectorIndex:
     """Slot-addressed vectors: add, remove, search, regions.
 
@@ -72,12 +188,20 @@ class VectorIndex:
         distances, slots = index.search(queries, k=10)
     """
 
-    def __init__(self, *, dim: int, capacity: int, nprobe: int | None = None) -> None:
+    def __init__(
+        self, *, dim: int, capacity: int, nprobe: int | None = None, mirror: ExactMirror | None = None
+    ) -> None:
         self.dim = dim
         self.capacity = capacity
         self.nlist = ivf_lists(capacity)
         self.nprobe = nprobe or 8
+        # Where searches go when set (the GPU); this index stays the record either way.
+        self.mirror = mirror
         self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+
+    def _changed(self) -> None:
+        if self.mirror is not None:
+            self.mirror.stale = True
 
     @property
     def trained(self) -> bool:
@@ -98,23 +222,28 @@ class VectorIndex:
         ivf.nprobe = self.nprobe
         ivf.add_with_ids(np.ascontiguousarray(keys, dtype=np.float32), slots.astype(np.int64))
         self._index = ivf
+        self._changed()
         log.info("rehearsal index: IVF with %d lists over %d keys", self.nlist, len(keys))
 
     def add(self, keys: np.ndarray[Any, Any], slots: np.ndarray[Any, Any]) -> None:
         """Add ``keys`` under ``slots`` (slots not held already)."""
         if len(keys):
             self._index.add_with_ids(np.ascontiguousarray(keys, dtype=np.float32), slots.astype(np.int64))
+            self._changed()
 
     def remove(self, slots: np.ndarray[Any, Any]) -> None:
         """Remove the vectors of ``slots``."""
         if len(slots):
             array = np.ascontiguousarray(slots, dtype=np.int64)
             self._index.remove_ids(faiss.IDSelectorArray(len(array), faiss.swig_ptr(array)))
+            self._changed()
 
     def search(
         self, queries: np.ndarray[Any, Any], k: int
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Squared L2 distances and slots of the ``k`` nearest keys (slot -1 where fewer exist)."""
+        if self.mirror is not None:
+            return self.mirror.search(queries, k)
         return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)  # type: ignore[no-any-return]
 
     def regions(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -136,3 +265,4 @@ class VectorIndex:
         if isinstance(index, faiss.IndexIVFFlat):
             index.nprobe = self.nprobe
         self._index = index
+        self._changed()

@@ -34,7 +34,17 @@ import numpy as np
 from lifelong.errors import StateError
 from lifelong.memory import layout
 from lifelong.memory.bags import Bag, Bags
-from lifelong.memory.index import Projection, VectorIndex, exact_knn, ivf_lists, training_size
+from lifelong.memory.index import (
+    Device,
+    ExactMirror,
+    Projection,
+    VectorIndex,
+    batch_knn,
+    exact_knn,
+    ivf_lists,
+    resolve_device,
+    training_size,
+)
 from lifelong.memory.payloads import PayloadLog
 from lifelong.memory.snapshot import SnapshotDir
 
@@ -44,6 +54,8 @@ FORMAT = 1
 KEY_DIM = 64
 POLICIES = ("reservoir", "class_balanced", "diversity")
 Policy = Literal["reservoir", "class_balanced", "diversity"]
+# Where an admitted sample's slot comes from, besides a class label (labels are >= 0).
+_FREE, _ANY, _CROWDED = -1, -2, -3
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,7 @@ class RehearsalMemory:
         dtype: Any = np.float32,
         duplicate_radius: float = 0.05,
         seed: int = 0,
+        device: Device = "auto",
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -99,6 +112,8 @@ class RehearsalMemory:
         self.dtype = np.dtype(dtype)
         self.duplicate_radius = duplicate_radius
         self.seed = seed
+        # "gpu": searches run on an exact copy of the keys on the GPU (see lifelong.memory.index).
+        self.device = resolve_device(device)
         self.dim = min(features, KEY_DIM)
         gaussian = np.random.default_rng(seed).standard_normal
         self._projection = (
@@ -128,7 +143,8 @@ class RehearsalMemory:
         self._seen = 0
         self._seen_by_class: Counter[int] = Counter()
         self._rng = np.random.default_rng(self.seed)
-        self._index = VectorIndex(dim=self.dim, capacity=cap)
+        mirror = ExactMirror(dim=self.dim, held=self._held) if self.device == "gpu" else None
+        self._index = VectorIndex(dim=self.dim, capacity=cap, mirror=mirror)
         self._scale_cache = 0.0
         self._scale_size = 0
         self._forgotten_since_snapshot = False
@@ -146,6 +162,10 @@ class RehearsalMemory:
 
     def __contains__(self, id: str) -> bool:
         return id in self._slot_of
+
+    def _held(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        slots = self._occupied.array()
+        return self._keys[slots], slots
 
     def classes(self) -> dict[int, int]:
         """Samples held per label."""
@@ -205,24 +225,18 @@ class RehearsalMemory:
         regions: np.ndarray[Any, Any] | None,
     ) -> tuple[int, int]:
         """One by one, as the policy decides (the memory is full); return (evicted, skipped)."""
+        admitted, sources, skipped = self._admit(y, duplicates)
         placed: dict[int, int] = {}  # slot -> batch position of its final occupant
         replaced: set[int] = set()  # slots whose occupant from before this batch leaves
-        skipped = evicted = 0
-        for n in range(len(ids)):
-            label = int(y[n])
-            self._seen += 1
-            self._seen_by_class[label] += 1
-            if duplicates[n]:
-                continue
-            slot = self._free.pop() if self._free else self._victim(label)
-            if slot is None:
-                skipped += 1
-                continue
+        evicted = 0
+        for n, source in zip(admitted, sources, strict=True):
+            slot = self._free.pop() if source == _FREE else self._victim(source)
             if self._ids[slot] is not None:
                 if slot not in placed:
                     replaced.add(slot)
                 self._vacate(slot)
                 evicted += 1
+            label = int(y[n])
             self._occupy(slot, ids[n], label, int(ts[n]), keys[n], 0 if regions is None else int(regions[n]))
             placed[slot] = n
         if replaced:
@@ -233,6 +247,58 @@ class RehearsalMemory:
             self._row[slots] = np.arange(first, first + len(slots))
             self._index.add(self._keys[slots], slots)
         return evicted, skipped
+
+    def _admit(
+        self, y: np.ndarray[Any, Any], duplicates: np.ndarray[Any, Any]
+    ) -> tuple[list[int], list[int], int]:
+        """The rows the policy stores, in order, each with where its slot comes from; and how many it skips.
+
+        A source is ``_FREE`` (a free slot), ``_ANY`` (any stored sample), ``_CROWDED`` (the most
+        crowded region) or a class label (a sample of that class). Deciding needs only the class
+        sizes, so the rows the policy skips (most of them, once the stream is long) cost a few
+        comparisons each, and only the stored ones touch the memory.
+        """
+        labels = y.tolist()
+        draws = self._rng.random(len(labels)).tolist()
+        skip = duplicates.tolist()
+        free = len(self._free)
+        seen, seen_by_class = self._seen, self._seen_by_class
+        balanced = self.policy == "class_balanced"
+        sizes = {label: len(bag) for label, bag in self._classes.items()} if balanced else {}
+        top = max(sizes.values(), default=0)
+        admitted: list[int] = []
+        sources: list[int] = []
+        skipped = 0
+        for n, label in enumerate(labels):
+            seen += 1
+            seen_by_class[label] += 1
+            if skip[n]:
+                continue
+            if free:
+                free -= 1
+                source = _FREE
+            elif self.policy == "reservoir":  # Vitter's R: the n-th sample stays with probability capacity/n
+                if draws[n] * seen >= self.capacity:
+                    skipped += 1
+                    continue
+                source = _ANY
+            elif not balanced:
+                source = _CROWDED
+            elif sizes.get(label, 0) < top:  # not (one of) the largest classes: evict from the largest
+                source = min(key for key, size in sizes.items() if size == top)
+                sizes[source] -= 1
+            elif draws[n] * seen_by_class[label] >= sizes[label]:  # reservoir within its own class
+                skipped += 1
+                continue
+            else:
+                source = label
+            if balanced and source != label:
+                sizes[label] = sizes.get(label, 0) + 1
+                top = max(sizes.values())
+            admitted.append(n)
+            sources.append(source)
+        self._seen = seen
+        return admitted, sources, skipped
 
     def _fill(
         self,
@@ -301,23 +367,14 @@ class RehearsalMemory:
             self._crowding[self._region[slot]] -= 1
         self._y[slot] = -1
 
-    def _victim(self, label: int) -> int | None:
-        rng = self._rng
-        if self.policy == "reservoir":
-            if rng.random() >= self.capacity / self._seen:
-                return None
-            return int(self._occupied.choice(rng))
-        if self.policy == "class_balanced":
-            largest = self._classes.largest()
-            own = self._classes.get(label)
-            if own is None or len(own) < len(self._classes[largest]):
-                return int(self._classes[largest].choice(rng))
-            # Its own class is (one of) the largest: reservoir within the class.
-            if rng.random() >= len(own) / self._seen_by_class[label]:
-                return None
-            return int(own.choice(rng))
-        bag = self._regions[int(np.argmax(self._crowding))] if self._index.trained else self._occupied
-        return int(bag.choice(rng))
+    def _victim(self, source: int) -> int:
+        """A stored sample to evict, from where :meth:`_admit` said."""
+        if source == _ANY:
+            return self._occupied.choice(self._rng)
+        if source == _CROWDED:
+            bag = self._regions[int(np.argmax(self._crowding))] if self._index.trained else self._occupied
+            return bag.choice(self._rng)
+        return self._classes[source].choice(self._rng)
 
     def _near_duplicates(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Keys within ``duplicate_radius`` x the data's scale of a stored key or an earlier one."""
@@ -330,7 +387,7 @@ class RehearsalMemory:
             distances, _ = self._index.search(keys, 1)
             out |= distances[:, 0] <= limit
         if len(keys) > 1:  # repeats inside the batch: keep the first
-            distances, found = exact_knn(keys, keys, min(len(keys), 4))
+            distances, found = batch_knn(keys, min(len(keys), 4))
             earlier = (found < np.arange(len(keys))[:, None]) & (found >= 0) & (distances <= limit)
             out |= earlier.any(axis=1)
         return out
