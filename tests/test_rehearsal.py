@@ -82,6 +82,28 @@ def test_every_sample_of_a_long_stream_is_kept_with_equal_chance(tmp_path: Path,
     assert 300 < first < 500
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_inputs_loaded_on_demand_give_the_same_memory(tmp_path: Path, policy: Policy) -> None:
+    eager = RehearsalMemory(tmp_path / "e", features=FEATURES, capacity=200, policy=policy)
+    lazy = RehearsalMemory(tmp_path / "l", features=FEATURES, capacity=200, policy=policy)
+    offered = loaded = 0
+    for ids, x, y in batches(np.random.default_rng(7), 30, 100):
+        eager.add(ids, x, y)
+
+        def load(positions: np.ndarray, x: np.ndarray = x) -> np.ndarray:  # type: ignore[type-arg]
+            nonlocal loaded
+            loaded += len(positions)
+            return x[positions]
+
+        lazy.add(ids + ids[:5], load, np.concatenate([y, y[:5]]))  # repeated ids are dropped first
+        offered += len(ids)
+    assert contents(lazy) == contents(eager)
+    if policy == "diversity":  # near-duplicates are found from every key
+        assert loaded == offered
+    else:  # only the samples kept are loaded
+        assert loaded < offered / 2
+
+
 def test_diversity_stores_fewer_near_duplicates(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     prototypes = rng.normal(size=(40, FEATURES)).astype(np.float32) * 5

@@ -60,6 +60,18 @@ def test_recent_labeled_picks_the_newest_kept_labeled_samples(store: SampleStore
     assert [id for id, _, _ in store.recent_labeled(lambda id: True, limit=10, scan=2)] == ["d8", "k7"]
 
 
+def test_labels_given_then_inputs_by_id(store: SampleStore) -> None:
+    samples = [Sample(f"s{i}", np.full(3, i, np.float32), None if i == 1 else i) for i in range(4)]
+    store.apply(batch(*samples))
+    store.apply(batch(Feedback("s1", 7)))
+    given = store.labels_given(0, 10)
+    assert [(id, y) for _, id, y in given] == [("s0", 0), ("s2", 2), ("s3", 3), ("s1", 7)]
+    assert [(id, y) for _, id, y, _, _ in store.label_events(0, 10)] == [(id, y) for _, id, y in given]
+    assert [int(x[0]) for x in store.inputs(["s3", "s1", "s0"])] == [3, 1, 0]
+    with pytest.raises(StateError, match="'nope'"):
+        store.inputs(["s0", "nope"])
+
+
 def test_feedback_overrides_inline_and_latest_feedback_wins(store: SampleStore) -> None:
     store.apply(batch(Sample("a", X, 1)))
     applied = store.apply(batch(Feedback("a", 2), Feedback("a", 0)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -72,25 +73,28 @@ class MemoryFeed:
 
     def step(self, limit: int | None = None) -> int:
         """Consume up to ``limit`` (default ``batch_rows``) label events; return how many."""
-        events = self.store.label_events(self.position, limit or self.batch_rows)
+        events = self.store.labels_given(self.position, limit or self.batch_rows)
         if not events:
             return 0
-        latest: dict[str, tuple[int, bytes, str]] = {}
-        for _, id, y, x, dtype in events:  # an id labeled twice here keeps its last label
-            latest[id] = (y, x, dtype)
-        new_ids, new_x, new_y, old_ids, old_y = [], [], [], [], []
-        for id, (y, x, dtype) in latest.items():
+        latest: dict[str, int] = {}
+        for _, id, y in events:  # an id labeled twice here keeps its last label
+            latest[id] = y
+        new_ids, new_y, old_ids, old_y = [], [], [], []
+        for id, y in latest.items():
             if id in self.memory:
                 old_ids.append(id)
                 old_y.append(y)
             else:
                 new_ids.append(id)
-                new_x.append(np.frombuffer(x, dtype=np.dtype(dtype)))
                 new_y.append(y)
         if old_ids:
             self.memory.relabel(old_ids, old_y)
         if new_ids:
-            self.memory.add(new_ids, np.stack(new_x), np.asarray(new_y))
+            # Inputs are read from the store only for the samples the memory keeps.
+            def inputs(positions: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+                return np.stack(self.store.inputs([new_ids[p] for p in positions.tolist()]))
+
+            self.memory.add(new_ids, inputs, np.asarray(new_y))
         self.memory.offsets[CURSOR] = events[-1][0]
         self._dirty = True
         return len(events)

