@@ -73,7 +73,7 @@ class ServingModel:
     def from_config(cls, path: str | Path | None, *, follow: bool = True) -> ServingModel:
         """From a daemon's config file: its registry, its model, and (``follow``) its models topic."""
         from lifelong.config import load_settings
-        from lifelong.connectors.kafka import KafkaTail
+        from lifelong.connectors.kafka_topics import KafkaTail
         from lifelong.daemon.wiring import build_learner, client_options, open_registry
 
         settings = load_settings(path)

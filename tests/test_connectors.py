@@ -12,7 +12,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from lifelong.connectors.base import Batch, DeadLetter, DeadLetterSink, Record, Source, TopicPartition
 from lifelong.connectors.broker import EmbeddedBroker
 from lifelong.connectors.headers import REASON, source_of
-from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaSource, ensure_topics
+from lifelong.connectors.kafka import KafkaSource, ensure_topics
+from lifelong.connectors.kafka_topics import KafkaDeadLetterSink
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemorySource
 
 

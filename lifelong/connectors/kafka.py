@@ -1,4 +1,4 @@
-"""Kafka through kafka-python: the source of samples and feedback, and the dead-letter sink.
+"""Kafka through kafka-python: the source of samples and feedback (see :mod:`.kafka_topics` for the rest).
 
 Parsing records is most of a kafka-python consumer's work and holds the GIL, so
 :class:`KafkaSource` runs the consumer in a child process (the fetcher) and
@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import pickle
+import queue
 import signal
 import socket
 import subprocess
@@ -24,8 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from lifelong.connectors.base import Batch, DeadLetter, Lag, TopicPartition
-from lifelong.connectors.headers import dead_letter_headers, source_of
+from lifelong.connectors.base import Batch, Lag, TopicPartition
 from lifelong.errors import LifelongError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 _IDLE_POLL_MS = 200
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PIPE_BYTES = 1 << 20
+# Decoded batches a fetcher may hold for the daemon beyond the pipe's buffer (each up to a few MB).
+_BATCHES_AHEAD = 8
 
 
 class BrokerUnavailable(LifelongError, ConnectionError):
@@ -294,8 +296,10 @@ def _fetch(outbox: Connection, inbox: Connection) -> None:
     index = config["share"][0]
     decode = config["decode"]
 
+    sender = _Sender(outbox)
+
     def send(kind: str, payload: Any, highwater: dict[TopicPartition, int]) -> None:
-        outbox.send_bytes(pickle.dumps((kind, payload, highwater, index), protocol=5))
+        sender.send(pickle.dumps((kind, payload, highwater, index), protocol=5))
 
     consumer: Any = None
     backoff = 0.5
@@ -337,8 +341,48 @@ def _fetch(outbox: Connection, inbox: Connection) -> None:
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
         return
     finally:
+        sender.close()
         if consumer is not None:
             consumer.close(autocommit=False)
+
+
+class _Sender:
+    """Writes a fetcher's messages to the daemon from a thread, a few batches ahead.
+
+    While the daemon is busy with something else (a commit that checkpoints, the memory
+    catching up) the fetcher keeps polling and decoding instead of waiting on a full pipe.
+    """
+
+    def __init__(self, outbox: Connection, *, ahead: int = _BATCHES_AHEAD) -> None:
+        self._outbox = outbox
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=ahead)
+        self._broken = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lifelong-fetcher-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, message: bytes) -> None:
+        """Queue ``message``, waiting while ``ahead`` are queued; BrokenPipeError once the daemon is gone."""
+        while not self._broken.is_set():
+            try:
+                self._queue.put(message, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        raise BrokenPipeError("the daemon closed the pipe")
+
+    def _run(self) -> None:
+        while (message := self._queue.get()) is not None:
+            try:
+                self._outbox.send_bytes(message)
+            except OSError:  # BrokenPipeError: the daemon exited
+                self._broken.set()
+                return
+
+    def close(self) -> None:
+        """Stop without waiting: what is still queued was not stored, so it is read again next time."""
+        self._broken.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
 
 
 def _columns(topic: str, partition: int, records: list[Any], decode: Any) -> tuple[Any, ...]:
@@ -404,172 +448,6 @@ def _starting_positions(consumer: Any) -> dict[TopicPartition, int]:
     # No end offsets here: only a fetch response's high watermark is trusted for the end
     # (the embedded broker's ListOffsets answers the last batch's base offset + 1).
     return {TopicPartition(k.topic, k.partition): consumer.position(k) for k in consumer.assignment()}
-
-
-class KafkaDeadLetterSink:
-    """Produces dead letters to a topic with reason and source headers, acknowledged by all replicas."""
-
-    def __init__(
-        self,
-        *,
-        topic: str,
-        client_options: Mapping[str, Any],
-        max_value_bytes: int = 900_000,
-        timeout_s: float = 60.0,
-    ) -> None:
-        from kafka import KafkaProducer
-
-        self.topic = topic
-        self.client_options = dict(client_options)
-        self.max_value_bytes = max_value_bytes
-        self.timeout_s = timeout_s
-        self._producer = KafkaProducer(acks="all", linger_ms=5, **self.client_options)
-
-    def send(self, letters: Sequence[DeadLetter]) -> Mapping[int, int]:
-        """Deliver and flush; return the next offset of each partition written."""
-        from kafka.errors import KafkaError
-
-        futures = []
-        try:
-            for letter in letters:
-                value = letter.record.value
-                headers = dead_letter_headers(letter)
-                if value is not None and len(value) > self.max_value_bytes:
-                    # Larger than the topic may accept: keep the head and say so.
-                    headers.append(("lifelong.truncated_from", str(len(value)).encode()))
-                    value = value[: self.max_value_bytes]
-                futures.append(
-                    self._producer.send(self.topic, value=value, key=letter.record.key, headers=headers)
-                )
-            self._producer.flush(timeout=self.timeout_s)
-        except KafkaError as error:
-            raise BrokerUnavailable(f"dead letters not delivered to {self.topic!r}: {error!r}") from None
-        ends: dict[int, int] = {}
-        for future in futures:
-            try:
-                metadata = future.get(timeout=self.timeout_s)
-            except Exception as error:
-                raise BrokerUnavailable(f"dead letter not delivered to {self.topic!r}: {error!r}") from None
-            ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
-        return ends
-
-    def sent_since(self, positions: Mapping[int, int]) -> set[tuple[str, int, int]]:
-        """Sources of the dead letters at or after ``positions`` (read back without a group)."""
-        from kafka.errors import KafkaError
-
-        try:
-            return self._sent_since(positions)
-        except KafkaError as error:
-            raise BrokerUnavailable(f"cannot read back {self.topic!r}: {error!r}") from None
-
-    def _sent_since(self, positions: Mapping[int, int]) -> set[tuple[str, int, int]]:
-        from kafka import KafkaConsumer
-        from kafka import TopicPartition as KafkaTP
-
-        consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **self.client_options)
-        try:
-            found_partitions = consumer.partitions_for_topic(self.topic) or set()
-            partitions = [KafkaTP(self.topic, p) for p in sorted(found_partitions)]
-            if not partitions:
-                return set()
-            ends = consumer.end_offsets(partitions)
-            todo = [tp for tp in partitions if ends[tp] > positions.get(tp.partition, 0)]
-            consumer.assign(todo)
-            for tp in todo:
-                consumer.seek(tp, positions.get(tp.partition, 0))
-            found: set[tuple[str, int, int]] = set()
-            deadline = time.monotonic() + self.timeout_s
-            while todo and time.monotonic() < deadline:
-                for records in consumer.poll(timeout_ms=500).values():
-                    for record in records:
-                        source = source_of(record.headers)
-                        if source is not None:
-                            found.add(source)
-                todo = [tp for tp in todo if consumer.position(tp) < ends[tp]]
-            if todo:
-                raise BrokerUnavailable(f"could not read back {self.topic!r} within {self.timeout_s}s")
-            return found
-        finally:
-            consumer.close(autocommit=False)
-
-    def close(self) -> None:
-        """Flush and close the producer."""
-        self._producer.close(timeout=self.timeout_s)
-
-
-class KafkaPublisher:
-    """Publishes JSON events to one topic without ever blocking the caller for long.
-
-    Model events and predictions are notices for other processes: when the cluster cannot take
-    them (an outage, a full buffer) they are counted in ``dropped`` and logged, never waited for.
-    """
-
-    def __init__(
-        self, *, topic: str, client_options: Mapping[str, Any], acks: int | str = 1, max_block_ms: int = 100
-    ) -> None:
-        from kafka import KafkaProducer
-
-        self.topic = topic
-        self.dropped = 0
-        self._producer = KafkaProducer(
-            acks=acks,
-            enable_idempotence=acks == "all",  # kafka-python warns when acks=1 meets its idempotent default
-            linger_ms=20,
-            max_block_ms=max_block_ms,
-            **dict(client_options),
-        )
-        with contextlib.suppress(Exception):  # learn the topic's partitions now, not on the first send
-            self._producer.partitions_for(topic)
-
-    def publish(self, key: str, value: bytes) -> None:
-        """Hand ``value`` to the producer (delivered in the background)."""
-        try:
-            future = self._producer.send(self.topic, key=key.encode(), value=value)
-        except Exception as error:  # KafkaTimeoutError when full or the cluster is away
-            self._drop(error)
-            return
-        future.add_errback(self._drop)
-
-    def flush(self, timeout_s: float = 60.0) -> None:
-        """Wait until what was handed over is delivered (or ``timeout_s`` passes)."""
-        self._producer.flush(timeout=timeout_s)
-
-    def _drop(self, error: BaseException) -> None:
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.warning("%d events for %r not delivered so far (last: %r)", self.dropped, self.topic, error)
-
-    def close(self) -> None:
-        """Deliver what is buffered (a few seconds at most) and close."""
-        self._producer.close(timeout=5)
-
-
-class KafkaTail:
-    """A topic's new values on every partition, without a consumer group (each follower sees all)."""
-
-    def __init__(self, *, topic: str, client_options: Mapping[str, Any]) -> None:
-        from kafka import KafkaConsumer
-        from kafka import TopicPartition as KafkaTP
-
-        self.topic = topic
-        self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **dict(client_options))
-        partitions = [KafkaTP(topic, p) for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
-            self._consumer.close()
-            raise BrokerUnavailable(f"topic {topic!r} does not exist (has the daemon started?)")
-        self._consumer.assign(partitions)
-        self._consumer.seek_to_end(*partitions)
-        for partition in partitions:  # resolve the end now: an event right after this is not missed
-            self._consumer.position(partition)
-
-    def poll(self, timeout_s: float) -> list[bytes]:
-        """What arrived, waiting up to ``timeout_s``."""
-        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
-        return [r.value for records in polled.values() for r in records if r.value is not None]
-
-    def close(self) -> None:
-        """Close the consumer."""
-        self._consumer.close(autocommit=False)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import numpy as np
 from lifelong.benchmarks import DatasetMissingError, Scenario, scenario
 from lifelong.config import Settings, load_settings
 from lifelong.connectors.broker import EmbeddedBroker
-from lifelong.connectors.kafka import KafkaPublisher
+from lifelong.connectors.kafka_topics import KafkaPublisher
 from lifelong.daemon.app import Daemon
 from lifelong.daemon.report import Timeline, write_report
 from lifelong.daemon.wiring import build_daemon, build_learner, client_options

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from lifelong.config import ADMIN_TOKEN_ENV, KafkaSettings, Settings
 from lifelong.connectors.base import DeadLetterSink, Publisher, Source
-from lifelong.connectors.kafka import KafkaDeadLetterSink, KafkaPublisher, KafkaSource, ensure_topics
+from lifelong.connectors.kafka import KafkaSource, ensure_topics
+from lifelong.connectors.kafka_topics import KafkaDeadLetterSink, KafkaPublisher
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
 from lifelong.daemon.api import DeferredAdmin, HttpApi, HttpServer
 from lifelong.daemon.app import Daemon, Probation, StateLock
