@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from lifelong.connectors.broker import EmbeddedBroker
 from lifelong.connectors.kafka import ensure_topics
 from lifelong.events import encode_feedback, encode_sample
 from lifelong.memory.samples import SampleStore
+from tests import waiting
 from tests.streams import FEATURES, MAX_CLASSES, MAX_MESSAGE_BYTES
 
 CLI = [sys.executable, "-m", "lifelong.daemon.cli"]
@@ -183,11 +185,4 @@ class Running:
         return code, time.monotonic() - started
 
 
-def wait_for(
-    condition: Callable[[], bool], timeout_s: float = 180.0, what: Callable[[], str] = lambda: ""
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what()}")
-        time.sleep(0.25)
+wait_for = partial(waiting.wait_for, timeout_s=180.0, interval_s=0.25)

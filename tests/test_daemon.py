@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon, RunState
 from lifelong.daemon.wiring import build_daemon, memory_connectors, open_registry
 from lifelong.events import encode_sample
+from tests import waiting
 
 X, Y, _, _ = digits()
 
@@ -62,14 +63,7 @@ def produce(bus: MemoryBus, settings: Settings, rows: np.ndarray, labels: np.nda
         bus.produce(settings.kafka.samples_topic, value, key=f"{prefix}{row}".encode())
 
 
-def wait_for(
-    condition: Callable[[], bool], timeout_s: float = 120.0, what: Callable[[], object] = lambda: ""
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting: {what()}")
-        time.sleep(0.05)
+wait_for = partial(waiting.wait_for, timeout_s=120.0)
 
 
 @pytest.fixture

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 
 import pytest
 
 from lifelong.daemon.scheduling import Schedule, cron_trigger
 from lifelong.errors import ConfigError
+from tests import waiting
 
 
 class Recorder:
@@ -29,12 +31,7 @@ class Recorder:
             self.calls.append(trigger)
 
 
-def wait_for(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
+wait_for = partial(waiting.wait_for, timeout_s=10.0, interval_s=0.02)
 
 
 def test_interval_runs_repeat_and_a_trigger_runs_at_once() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,13 @@ from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.wiring import build_learner, build_updater, open_memory, open_registry, open_store
 from lifelong.errors import LifelongError
 from lifelong.serving import ServingModel
+from tests import waiting
 from tests.test_update import CONFIG, feed_samples
 
 X, Y, _, _ = digits()
 
 
-def wait_for(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+wait_for = partial(waiting.wait_for, timeout_s=10.0)
 
 
 def test_the_champion_is_served_and_reloaded_on_model_events(tmp_path: Path, clean_env: None) -> None:
