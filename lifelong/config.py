@@ -92,6 +92,8 @@ class MemorySettings(_Section):
     # Where searches run (novelty, neighbours, near-duplicates): "auto" uses a GPU when the installed
     # faiss is a GPU build and sees one (exact search there), else the CPU's IVF index.
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    # IVF lists each CPU search visits (of about sqrt(capacity)): recall against speed.
+    nprobe: int = Field(8, ge=1)
 
 
 class LearnerSettings(_Section):

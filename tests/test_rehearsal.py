@@ -335,6 +335,16 @@ def test_gpu_searches_an_exact_copy_kept_current(tmp_path: Path, monkeypatch: py
     assert "new" in memory.neighbors(queries[:1], 1).ids
 
 
+def test_probing_every_list_finds_the_exact_neighbours(tmp_path: Path) -> None:
+    memory = RehearsalMemory(tmp_path, features=FEATURES, capacity=12_000, nprobe=10_000)
+    rng = np.random.default_rng(8)
+    for ids, x, y in batches(rng, 12, 1000):
+        memory.add(ids, x, y)
+    assert memory._index.trained and memory.nprobe >= memory._index.nlist
+    queries = rng.normal(size=(50, FEATURES)).astype(np.float32)
+    assert memory.neighbors(queries, 10).ids == memory.neighbors(queries, 10, exact=True).ids
+
+
 def test_gpu_device_without_a_gpu_build_is_refused() -> None:
     with pytest.raises(ValueError, match=r"memory\.device = 'gpu'.*faiss-gpu"):
         vector_index.resolve_device("gpu")

@@ -89,6 +89,7 @@ def open_memory(settings: Settings) -> RehearsalMemory:
             duplicate_radius=memory.duplicate_radius,
             seed=memory.seed,
             device=memory.device,
+            nprobe=memory.nprobe,
         )
     except ValueError as error:  # memory.device = "gpu" without a GPU build of faiss or a GPU
         raise ConfigError(str(error)) from None

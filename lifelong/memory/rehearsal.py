@@ -100,11 +100,14 @@ class RehearsalMemory:
         duplicate_radius: float = 0.05,
         seed: int = 0,
         device: Device = "auto",
+        nprobe: int = 8,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if capacity < 1 or features < 1:
             raise ValueError(f"capacity and features must be >= 1, got {capacity!r}, {features!r}")
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe!r}")
         self.directory = Path(directory)
         self.features = features
         self.capacity = capacity
@@ -112,6 +115,8 @@ class RehearsalMemory:
         self.dtype = np.dtype(dtype)
         self.duplicate_radius = duplicate_radius
         self.seed = seed
+        # IVF lists a search visits: more finds more of the true neighbours, in proportion slower.
+        self.nprobe = nprobe
         # "gpu": searches run on an exact copy of the keys on the GPU (see lifelong.memory.index).
         self.device = resolve_device(device)
         self.dim = min(features, KEY_DIM)
@@ -144,7 +149,7 @@ class RehearsalMemory:
         self._seen_by_class: Counter[int] = Counter()
         self._rng = np.random.default_rng(self.seed)
         mirror = ExactMirror(dim=self.dim, held=self._held) if self.device == "gpu" else None
-        self._index = VectorIndex(dim=self.dim, capacity=cap, mirror=mirror)
+        self._index = VectorIndex(dim=self.dim, capacity=cap, nprobe=self.nprobe, mirror=mirror)
         self._scale_cache = 0.0
         self._scale_size = 0
         self._forgotten_since_snapshot = False
