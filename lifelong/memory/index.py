@@ -132,10 +132,8 @@ class Projection:
 class ExactMirror:
     """An exact copy of the held keys in a flat index (on the GPU), rebuilt at the next search after a change.
 
-    ``held`` returns the keys held and their slots. Brute force on a GPU is exact and takes
-    about a millisecond for 256 queries over a million 64-dimensional keys; a rebuild copies
-    the keys over once (tens of milliseconds at a million), and happens only when the memory
-    changed since the last search.
+    ``held`` returns the keys held and their slots. Brute force is exact; a rebuild copies
+    every key over once, and happens only when the memory changed since the last search.
 
     Example::
 

@@ -8,16 +8,7 @@ distortion (Johnson-Lindenstrauss), needs no training, and never changes, so
 keys stay comparable for the memory's whole life; a learned embedding would
 drift with the model and invalidate the index at every update.
 
-When full, the ``policy`` decides what a new sample replaces:
-
-``reservoir``
-    every sample seen so far is kept with equal probability (Vitter's algorithm R).
-``class_balanced``
-    class-balanced reservoir (Chrysakis & Moens, 2020): a new sample replaces one
-    of the largest class, so rare classes keep their share.
-``diversity``
-    a near-duplicate of a stored sample is not stored again, and a new sample
-    replaces one from the most crowded region (the fullest IVF list).
+When full, the ``policy`` decides what a new sample replaces (:mod:`lifelong.memory.policies`).
 """
 
 from __future__ import annotations
@@ -27,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -46,16 +37,13 @@ from lifelong.memory.index import (
     training_size,
 )
 from lifelong.memory.payloads import PayloadLog
+from lifelong.memory.policies import ANY, CROWDED, FREE, POLICIES, Policy, admit
 from lifelong.memory.snapshot import SnapshotDir
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 KEY_DIM = 64
-POLICIES = ("reservoir", "class_balanced", "diversity")
-Policy = Literal["reservoir", "class_balanced", "diversity"]
-# Where an admitted sample's slot comes from, besides a class label (labels are >= 0).
-_FREE, _ANY, _CROWDED = -1, -2, -3
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +265,7 @@ class RehearsalMemory:
         replaced: set[int] = set()  # slots whose occupant from before this batch leaves
         evicted = 0
         for row, (n, source) in enumerate(zip(picks.tolist(), sources, strict=True)):
-            slot = self._free.pop() if source == _FREE else self._victim(source)
+            slot = self._free.pop() if source == FREE else self._victim(source)
             if self._ids[slot] is not None:
                 if slot not in placed:
                     replaced.add(slot)
@@ -298,54 +286,20 @@ class RehearsalMemory:
     def _admit(
         self, y: np.ndarray[Any, Any], duplicates: np.ndarray[Any, Any]
     ) -> tuple[list[int], list[int], int]:
-        """The rows the policy stores, in order, each with where its slot comes from; and how many it skips.
-
-        A source is ``_FREE`` (a free slot), ``_ANY`` (any stored sample), ``_CROWDED`` (the most
-        crowded region) or a class label (a sample of that class). Deciding needs only the class
-        sizes, so the rows the policy skips (most of them, once the stream is long) cost a few
-        comparisons each, and only the stored ones touch the memory.
-        """
-        labels = y.tolist()
-        draws = self._rng.random(len(labels)).tolist()
-        skip = duplicates.tolist()
-        free = len(self._free)
-        seen, seen_by_class = self._seen, self._seen_by_class
-        balanced = self.policy == "class_balanced"
-        sizes = {label: len(bag) for label, bag in self._classes.items()} if balanced else {}
-        top = max(sizes.values(), default=0)
-        admitted: list[int] = []
-        sources: list[int] = []
-        skipped = 0
-        for n, label in enumerate(labels):
-            seen += 1
-            seen_by_class[label] += 1
-            if skip[n]:
-                continue
-            if free:
-                free -= 1
-                source = _FREE
-            elif self.policy == "reservoir":  # Vitter's R: the n-th sample stays with probability capacity/n
-                if draws[n] * seen >= self.capacity:
-                    skipped += 1
-                    continue
-                source = _ANY
-            elif not balanced:
-                source = _CROWDED
-            elif sizes.get(label, 0) < top:  # not (one of) the largest classes: evict from the largest
-                source = min(key for key, size in sizes.items() if size == top)
-                sizes[source] -= 1
-            elif draws[n] * seen_by_class[label] >= sizes[label]:  # reservoir within its own class
-                skipped += 1
-                continue
-            else:
-                source = label
-            if balanced and source != label:
-                sizes[label] = sizes.get(label, 0) + 1
-                top = max(sizes.values())
-            admitted.append(n)
-            sources.append(source)
-        self._seen = seen
-        return admitted, sources, skipped
+        """The policy's decision on a batch (see :func:`lifelong.memory.policies.admit`)."""
+        admission = admit(
+            self.policy,
+            capacity=self.capacity,
+            labels=y.tolist(),
+            draws=self._rng.random(len(y)).tolist(),
+            skip=duplicates.tolist(),
+            free=len(self._free),
+            seen=self._seen,
+            seen_by_class=self._seen_by_class,
+            class_sizes={label: len(bag) for label, bag in self._classes.items()},
+        )
+        self._seen = admission.seen
+        return admission.rows, admission.sources, admission.skipped
 
     def _fill(
         self,
@@ -416,9 +370,9 @@ class RehearsalMemory:
 
     def _victim(self, source: int) -> int:
         """A stored sample to evict, from where :meth:`_admit` said."""
-        if source == _ANY:
+        if source == ANY:
             return self._occupied.choice(self._rng)
-        if source == _CROWDED:
+        if source == CROWDED:
             bag = self._regions[int(np.argmax(self._crowding))] if self._index.trained else self._occupied
             return bag.choice(self._rng)
         return self._classes[source].choice(self._rng)
