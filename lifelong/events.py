@@ -27,8 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import sys
-from array import array
+import struct
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -39,10 +38,6 @@ WIRE_VERSION = 1
 MAX_ID_LENGTH = 512
 
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_BIG_ENDIAN = sys.byteorder == "big"
-# msgspec checks the range while it parses, so a decoded list never overflows float32.
-_Feature = Annotated[float, msgspec.Meta(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]
 
 
 class Reason(StrEnum):
@@ -102,7 +97,7 @@ class _BinaryX(msgspec.Struct):
 
 class _SampleWire(msgspec.Struct):
     id: _Id
-    x: list[_Feature] | _BinaryX
+    x: list[float] | _BinaryX
     y: int | None = None
     ts: _Timestamp | None = None
     meta: dict[str, Any] | None = None
@@ -173,6 +168,7 @@ class Decoder:
         self.max_classes = max_classes
         self.max_message_bytes = max_message_bytes
         self._samples = msgspec.json.Decoder(_SampleWire)
+        self._pack_x = struct.Struct(f"<{features}f").pack
         self._feedback = msgspec.json.Decoder(_FeedbackWire)
 
     def decode_sample(self, value: bytes | None) -> Sample | Rejection:
@@ -202,11 +198,12 @@ class Decoder:
         if isinstance(raw, list):
             if len(raw) != self.features:
                 raise _Invalid(Reason.WRONG_LENGTH, f"x has {len(raw)} values, expected {self.features}")
-            # In float32 range already (see _Feature); array builds float32 bytes without numpy's overhead.
-            packed = array("f", raw)
-            if _BIG_ENDIAN:
-                packed.byteswap()
-            return wire, packed.tobytes(), "<f4"
+            # msgspec refuses numbers beyond float64 (JSON has no NaN or infinity); struct packs
+            # little-endian float32 without numpy's per-call overhead and refuses what overflows it.
+            try:
+                return wire, self._pack_x(*raw), "<f4"
+            except OverflowError:
+                raise _Invalid(Reason.NON_FINITE, "x holds a value beyond float32's range") from None
         x = _binary(raw)
         if x.shape[0] != self.features:
             raise _Invalid(Reason.WRONG_LENGTH, f"x has {x.shape[0]} values, expected {self.features}")

@@ -13,7 +13,7 @@ from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.daemon.cli import main
 from lifelong.daemon.remember import MemoryFeed
-from lifelong.daemon.update import Updater
+from lifelong.daemon.update import Updater, rows_matrix
 from lifelong.daemon.wiring import build_updater, open_memory, open_registry, open_store
 from lifelong.events import Sample
 from lifelong.memory.samples import IngestBatch, SampleStore
@@ -146,3 +146,13 @@ def test_a_restarted_updater_resumes_after_the_last_round(config: Path, clean_en
         outcome = again.run_round()
         assert outcome is not None and again.cursor == 400 and again.pending() == 0
         memory.close()
+
+
+def test_stored_rows_become_one_writable_matrix_and_uint8_rows_scale_when_mixed() -> None:
+    floats = np.array([0.5, -1.0], dtype="<f4")
+    pixels = np.array([255, 0], dtype=np.uint8)
+    same = rows_matrix([floats.tobytes(), floats.tobytes()], ["<f4", "<f4"], 2)
+    assert same.flags.writeable and same.dtype == np.float32
+    assert same.tolist() == [[0.5, -1.0], [0.5, -1.0]]
+    mixed = rows_matrix([pixels.tobytes(), floats.tobytes()], ["|u1", "<f4"], 2)
+    assert mixed.dtype == np.float32 and mixed.tolist() == [[1.0, 0.0], [0.5, -1.0]]

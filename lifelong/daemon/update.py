@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -259,10 +259,11 @@ class Updater:
         latest: dict[str, tuple[int, bytes, str]] = {}
         for _, id, y, x, dtype in events:  # an id labeled twice in the range keeps its last label
             latest[id] = (y, x, dtype)
+        rows = latest.values()
         new = Labeled(
             ids=list(latest),
-            x=stack_rows([np.frombuffer(x, dtype=np.dtype(d)) for _, x, d in latest.values()], self.features),
-            y=np.asarray([y for y, _, _ in latest.values()], dtype=np.int64),
+            x=rows_matrix([x for _, x, _ in rows], [d for _, _, d in rows], self.features),
+            y=np.asarray([y for y, _, _ in rows], dtype=np.int64),
         )
         if not len(self.trainer.split(new)[0]):  # every label in the range is held out
             self._cursor = last
@@ -331,6 +332,21 @@ def _trained_upto(versions: list[ModelVersion]) -> int:
         (int(v.lineage.get(LINEAGE_CURSOR, [0, 0])[1]) for v in versions if not v.lineage.get("superseded")),
         default=0,
     )
+
+
+def rows_matrix(blobs: Sequence[bytes], dtypes: Sequence[str], features: int) -> np.ndarray[Any, Any]:
+    """Stored inputs (raw bytes, each with its wire dtype) as one writable matrix.
+
+    Rows of one dtype, the usual case, are joined in a single copy.
+
+    >>> rows_matrix([b"\\x01\\x02", b"\\x03\\x04"], ["|u1", "|u1"], 2).tolist()
+    [[1, 2], [3, 4]]
+    """
+    if blobs and len(set(dtypes)) == 1:
+        joined = bytearray().join(blobs)
+        return np.frombuffer(joined, dtype=np.dtype(dtypes[0])).reshape(len(blobs), features)
+    parts = [np.frombuffer(x, dtype=np.dtype(d)) for x, d in zip(blobs, dtypes, strict=True)]
+    return stack_rows(parts, features)
 
 
 def stack_rows(parts: list[np.ndarray[Any, Any]], features: int) -> np.ndarray[Any, Any]:

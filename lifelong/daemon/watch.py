@@ -22,7 +22,7 @@ from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.ingest import Stored
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
-from lifelong.daemon.update import stack_rows
+from lifelong.daemon.update import rows_matrix
 from lifelong.learners.base import Learner
 from lifelong.memory.rehearsal import RehearsalMemory
 
@@ -94,7 +94,9 @@ class Watch:
             models = self.models()
             novelty = self.memory is not None and self.memory.size > 0
             if models or novelty:
-                x = stack_rows([np.frombuffer(r[1], dtype=np.dtype(r[2])) for r in samples], self.features)
+                # Novelty alone looks at the newest rows only.
+                rows = samples if models else samples[-self.novelty_batch :]
+                x = rows_matrix([r[1] for r in rows], [r[2] for r in rows], self.features)
                 if models:
                     right += self._predict(models, [row[0] for row in samples], x, inline)
                 if novelty:
