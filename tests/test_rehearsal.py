@@ -253,7 +253,7 @@ def test_forgotten_ids_leave_every_structure(tmp_path: Path) -> None:
     memory.add(ids, x, y)
     memory.snapshot()
     target = ids[7]
-    row = memory._row[memory._slot_of[target]]
+    row = memory._slots.row[memory._slots.slot_of[target]]
     assert memory.forget([target, "unknown"]) == [target]
     assert target not in memory
     assert target not in memory.sample(100).ids

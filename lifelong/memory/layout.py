@@ -10,27 +10,13 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-import numpy as np
-
-from lifelong.memory.bags import Bag, Bags
-
 if TYPE_CHECKING:
     from lifelong.memory.rehearsal import RehearsalMemory
 
 
 def write(memory: RehearsalMemory, directory: Path) -> dict[str, Any]:
     """Write the memory's arrays, ids, bags and index into ``directory``; return the manifest fields."""
-    np.save(directory / "keys.npy", memory._keys, allow_pickle=False)
-    np.savez(directory / "slots.npz", y=memory._y, ts=memory._ts, row=memory._row, region=memory._region)
-    (directory / "ids.json").write_bytes(msgspec.json.encode(memory._ids))
-    bags: dict[str, Any] = {
-        "occupied": memory._occupied.array(),
-        "free": np.asarray(memory._free, dtype=np.int64),
-        **{f"class_{k}": v for k, v in memory._classes.pack().items()},
-        **{f"region_{k}": v for k, v in memory._regions.pack().items()},
-    }
-    np.savez(directory / "bags.npz", **bags)
+    memory._slots.write(directory)
     memory._index.write(directory / "index.faiss")
     return {
         "capacity": memory.capacity,
@@ -66,22 +52,9 @@ def settings_of(memory: RehearsalMemory) -> dict[str, Any]:
 def read(memory: RehearsalMemory, path: Path, manifest: dict[str, Any]) -> None:
     """Fill a freshly reset ``memory`` from the snapshot at ``path``."""
     memory._log.truncate(manifest["payload_rows"])
-    memory._keys = np.load(path / "keys.npy", allow_pickle=False)
-    with np.load(path / "slots.npz", allow_pickle=False) as arrays:
-        memory._y, memory._ts, memory._row, memory._region = (arrays[k] for k in ("y", "ts", "row", "region"))
-    memory._ids = msgspec.json.decode((path / "ids.json").read_bytes(), type=list[str | None])
+    memory._slots.read(path)
     memory._index.read(path / "index.faiss")
-    with np.load(path / "bags.npz", allow_pickle=False) as bags:
-        memory._occupied = Bag()
-        memory._occupied.extend(bags["occupied"].tolist())
-        memory._free = bags["free"].tolist()
-        memory._classes = Bags.unpack(*(bags[f"class_{k}"] for k in ("keys", "sizes", "items")))
-        memory._regions = Bags.unpack(*(bags[f"region_{k}"] for k in ("keys", "sizes", "items")))
-        memory._crowding[:] = 0
-        memory._crowding[bags["region_keys"]] = bags["region_sizes"]
-    slot_of: dict[Any, int] = dict(zip(memory._ids, range(memory.capacity), strict=True))
-    slot_of.pop(None, None)
-    memory._slot_of = slot_of
+    memory._slots.track_regions = memory.policy == "diversity" and memory._index.trained
     memory._seen = manifest["seen"]
     memory._seen_by_class = Counter({int(k): v for k, v in manifest["seen_by_class"].items()})
     memory._rng.bit_generator.state = manifest["rng"]

@@ -24,7 +24,6 @@ import numpy as np
 
 from lifelong.errors import StateError
 from lifelong.memory import layout
-from lifelong.memory.bags import Bag, Bags
 from lifelong.memory.index import (
     Device,
     ExactMirror,
@@ -37,7 +36,8 @@ from lifelong.memory.index import (
     training_size,
 )
 from lifelong.memory.payloads import PayloadLog
-from lifelong.memory.policies import ANY, CROWDED, FREE, POLICIES, Policy, admit
+from lifelong.memory.policies import FREE, POLICIES, Policy, admit
+from lifelong.memory.slots import Slots
 from lifelong.memory.snapshot import SnapshotDir
 
 log = logging.getLogger(__name__)
@@ -120,23 +120,11 @@ class RehearsalMemory:
 
     def _reset(self, generation: int = 0) -> None:
         cap = self.capacity
-        self._ids: list[str | None] = [None] * cap
-        self._slot_of: dict[str, int] = {}
-        self._y = np.full(cap, -1, dtype=np.int64)
-        self._ts = np.zeros(cap, dtype=np.int64)
-        self._row = np.full(cap, -1, dtype=np.int64)
-        self._region = np.zeros(cap, dtype=np.int64)
-        self._keys = np.zeros((cap, self.dim), dtype=np.float32)
-        self._occupied = Bag()
-        self._classes = Bags()
-        self._regions = Bags()
-        # Members per region, kept beside the bags: argmax over ~sqrt(capacity) regions per eviction.
-        self._crowding = np.zeros(ivf_lists(cap), dtype=np.int64)
-        self._free = list(range(cap - 1, -1, -1))
+        self._slots = Slots(capacity=cap, dim=self.dim, regions=ivf_lists(cap))
         self._seen = 0
         self._seen_by_class: Counter[int] = Counter()
         self._rng = np.random.default_rng(self.seed)
-        mirror = ExactMirror(dim=self.dim, held=self._held) if self.device == "gpu" else None
+        mirror = ExactMirror(dim=self.dim, held=self._slots.held) if self.device == "gpu" else None
         self._index = VectorIndex(dim=self.dim, capacity=cap, nprobe=self.nprobe, mirror=mirror)
         self._scale_cache = 0.0
         self._scale_size = 0
@@ -151,18 +139,14 @@ class RehearsalMemory:
     @property
     def size(self) -> int:
         """Samples held."""
-        return len(self._occupied)
+        return len(self._slots)
 
     def __contains__(self, id: str) -> bool:
-        return id in self._slot_of
-
-    def _held(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        slots = self._occupied.array()
-        return self._keys[slots], slots
+        return id in self._slots.slot_of
 
     def classes(self) -> dict[int, int]:
         """Samples held per label."""
-        return {int(label): len(bag) for label, bag in sorted(self._classes.items()) if len(bag)}
+        return {int(label): len(bag) for label, bag in sorted(self._slots.classes.items()) if len(bag)}
 
     def keys_of(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """The search keys of inputs ``x`` (n x features)."""
@@ -188,7 +172,7 @@ class RehearsalMemory:
         ts = np.zeros(len(ids), dtype=np.int64) if ts is None else np.asarray(ts, dtype=np.int64)
         first: dict[str, int] = {}  # new ids, each at its first position in the batch
         for i, id in enumerate(ids):
-            if id not in self._slot_of:
+            if id not in self._slots.slot_of:
                 first.setdefault(id, i)
         origin = None  # positions in the caller's batch, when some rows drop out
         if len(first) < len(ids):
@@ -197,14 +181,14 @@ class RehearsalMemory:
         rows = self._rows(x, origin, len(ids))
         diverse = self.policy == "diversity"
         evicted = skipped = near = 0
-        if diverse or len(ids) <= len(self._free):
+        if diverse or len(ids) <= len(self._slots.free):
             # Every row may be stored, and near-duplicates and regions come from every key.
             every = rows(None)
             keys = self.keys_of(every) if ids else np.zeros((0, self.dim), np.float32)
             duplicates = self._near_duplicates(keys) if diverse else np.zeros(len(ids), bool)
             regions = self._index.regions(keys) if diverse and self._index.trained else None
             near = int(duplicates.sum())
-            if len(ids) - near <= len(self._free):
+            if len(ids) - near <= len(self._slots.free):
                 self._fill(ids, every, y, ts, duplicates, keys, regions)
                 self._seen += len(ids)
                 self._seen_by_class.update(y.tolist())
@@ -261,26 +245,27 @@ class RehearsalMemory:
 
         Returns how many stored samples it evicted.
         """
+        table = self._slots
         placed: dict[int, int] = {}  # slot -> row in x of its final occupant
         replaced: set[int] = set()  # slots whose occupant from before this batch leaves
         evicted = 0
         for row, (n, source) in enumerate(zip(picks.tolist(), sources, strict=True)):
-            slot = self._free.pop() if source == FREE else self._victim(source)
-            if self._ids[slot] is not None:
+            slot = table.free.pop() if source == FREE else table.victim(source, self._rng)
+            if table.ids[slot] is not None:
                 if slot not in placed:
                     replaced.add(slot)
-                self._vacate(slot)
+                table.vacate(slot)
                 evicted += 1
             region = 0 if regions is None else int(regions[row])
-            self._occupy(slot, ids[n], int(y[n]), int(ts[n]), keys[row], region)
+            table.occupy(slot, ids[n], int(y[n]), int(ts[n]), keys[row], region)
             placed[slot] = row
         if replaced:
             self._index.remove(np.fromiter(replaced, dtype=np.int64))
         if placed:
             slots = np.fromiter(placed.keys(), dtype=np.int64)
             first = self._log.append(x[list(placed.values())])
-            self._row[slots] = np.arange(first, first + len(slots))
-            self._index.add(self._keys[slots], slots)
+            table.row[slots] = np.arange(first, first + len(slots))
+            self._index.add(table.keys[slots], slots)
         return evicted
 
     def _admit(
@@ -293,10 +278,10 @@ class RehearsalMemory:
             labels=y.tolist(),
             draws=self._rng.random(len(y)).tolist(),
             skip=duplicates.tolist(),
-            free=len(self._free),
+            free=len(self._slots.free),
             seen=self._seen,
             seen_by_class=self._seen_by_class,
-            class_sizes={label: len(bag) for label, bag in self._classes.items()},
+            class_sizes={label: len(bag) for label, bag in self._slots.classes.items()},
         )
         self._seen = admission.seen
         return admission.rows, admission.sources, admission.skipped
@@ -317,65 +302,12 @@ class RehearsalMemory:
             ids = [name for name, dup in zip(ids, duplicates.tolist(), strict=True) if not dup]
             x, y, ts, keys = x[keep], y[keep], ts[keep], keys[keep]
             regions = None if regions is None else regions[keep]
-        count = len(ids)
-        if not count:
+        if not ids:
             return
-        slots = np.asarray(self._free[-count:][::-1], dtype=np.int64)
-        del self._free[-count:]
-        slot_list = slots.tolist()
-        for slot, name in zip(slot_list, ids, strict=True):
-            self._ids[slot] = name
-        self._slot_of.update(zip(ids, slot_list, strict=True))
-        self._y[slots], self._ts[slots], self._keys[slots] = y, ts, keys
-        self._occupied.extend(slot_list)
-        for label in np.unique(y).tolist():
-            self._classes.extend(label, slots[y == label].tolist())
-        if self._index.trained and self.policy == "diversity" and regions is not None:
-            self._region[slots] = regions
-            for region in np.unique(regions).tolist():
-                members = slots[regions == region].tolist()
-                self._regions.extend(region, members)
-                self._crowding[region] += len(members)
+        slots = self._slots.fill(ids, y=y, ts=ts, keys=keys, regions=regions)
         first = self._log.append(x)
-        self._row[slots] = np.arange(first, first + count)
+        self._slots.row[slots] = np.arange(first, first + len(ids))
         self._index.add(keys, slots)
-
-    def _occupy(
-        self, slot: int, id: str, label: int, ts: int, key: np.ndarray[Any, Any], region: int
-    ) -> None:
-        self._ids[slot] = id
-        self._slot_of[id] = slot
-        self._y[slot] = label
-        self._ts[slot] = ts
-        self._keys[slot] = key
-        self._occupied.add(slot)
-        self._classes.add(label, slot)
-        if self._index.trained and self.policy == "diversity":
-            self._region[slot] = region
-            self._regions.add(region, slot)
-            self._crowding[region] += 1
-
-    def _vacate(self, slot: int) -> None:
-        id = self._ids[slot]
-        if id is None:
-            return
-        del self._slot_of[id]
-        self._ids[slot] = None
-        self._occupied.discard(slot)
-        self._classes.discard(int(self._y[slot]), slot)
-        if self._index.trained and self.policy == "diversity":
-            self._regions.discard(int(self._region[slot]), slot)
-            self._crowding[self._region[slot]] -= 1
-        self._y[slot] = -1
-
-    def _victim(self, source: int) -> int:
-        """A stored sample to evict, from where :meth:`_admit` said."""
-        if source == ANY:
-            return self._occupied.choice(self._rng)
-        if source == CROWDED:
-            bag = self._regions[int(np.argmax(self._crowding))] if self._index.trained else self._occupied
-            return bag.choice(self._rng)
-        return self._classes[source].choice(self._rng)
 
     def _near_duplicates(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Keys within ``duplicate_radius`` x the data's scale of a stored key or an earlier one."""
@@ -398,8 +330,8 @@ class RehearsalMemory:
         if self._scale_cache and abs(self.size - self._scale_size) * 10 <= self._scale_size:
             return self._scale_cache
         if self.size >= 64:
-            first, second = (self._occupied.draw(self._rng, 512) for _ in range(2))
-            distances = np.linalg.norm(self._keys[first] - self._keys[second], axis=1)
+            first, second = (self._slots.occupied.draw(self._rng, 512) for _ in range(2))
+            distances = np.linalg.norm(self._slots.keys[first] - self._slots.keys[second], axis=1)
         else:
             first, second = (self._rng.integers(0, len(keys), size=512) for _ in range(2))
             distances = np.linalg.norm(keys[first] - keys[second], axis=1)
@@ -410,25 +342,14 @@ class RehearsalMemory:
         return scale
 
     def _train(self) -> None:
-        slots = self._occupied.array()
-        self._index.train(self._keys[slots], slots)
+        keys, slots = self._slots.held()
+        self._index.train(keys, slots)
         if self.policy == "diversity":
-            regions = self._index.regions(self._keys[slots])
-            self._region[slots] = regions
-            self._regions = Bags.of(regions, slots)
-            self._crowding = np.bincount(regions, minlength=len(self._crowding)).astype(np.int64)
+            self._slots.assign_regions(self._index.regions(keys))
 
     def relabel(self, ids: list[str], y: list[int]) -> int:
         """Give stored samples a new label (later feedback); return how many were stored."""
-        changed = 0
-        for id, label in zip(ids, y, strict=True):
-            slot = self._slot_of.get(id)
-            if slot is None or self._y[slot] == label:
-                continue
-            self._classes.discard(int(self._y[slot]), slot)
-            self._classes.add(label, slot)
-            self._y[slot] = label
-            changed += 1
+        changed = sum(self._slots.relabel(id, label) for id, label in zip(ids, y, strict=True))
         self.counters["relabeled"] += changed
         return changed
 
@@ -436,16 +357,15 @@ class RehearsalMemory:
 
     def forget(self, ids: list[str]) -> list[str]:
         """Remove samples by id from the index and erase their payload; return the ids found."""
-        slots = [self._slot_of[id] for id in ids if id in self._slot_of]
-        found = [self._ids[s] for s in slots]
+        table = self._slots
+        slots = [table.slot_of[id] for id in ids if id in table.slot_of]
+        found = [table.ids[s] for s in slots]
         if slots:
             array = np.asarray(slots, dtype=np.int64)
             self._index.remove(array)
-            self._log.erase(self._row[array])
+            self._log.erase(table.row[array])
             for slot in slots:
-                self._vacate(slot)
-                self._row[slot] = -1
-                self._free.append(slot)
+                table.release(slot)
             self.counters["forgotten"] += len(slots)
             self._forgotten_since_snapshot = True
         return [id for id in found if id is not None]
@@ -457,19 +377,19 @@ class RehearsalMemory:
         if not self.size:
             return self._replay(np.zeros(0, dtype=np.int64))
         if not balanced:
-            return self._replay(self._occupied.sample(self._rng, n))
-        labels = [label for label, bag in self._classes.items() if len(bag)]
+            return self._replay(self._slots.occupied.sample(self._rng, n))
+        labels = [label for label, bag in self._slots.classes.items() if len(bag)]
         shares = np.full(len(labels), n // len(labels))
         shares[: n % len(labels)] += 1
         parts = [
-            self._classes[label].sample(self._rng, int(share))
+            self._slots.classes[label].sample(self._rng, int(share))
             for label, share in zip(labels, shares, strict=True)
         ]
         return self._replay(np.concatenate(parts))
 
     def select(self, keep: Callable[[str], bool]) -> Replay:
         """Every stored sample whose id ``keep`` accepts (the gate's held-out slice), in slot order."""
-        slots = [slot for slot, id in enumerate(self._ids) if id is not None and keep(id)]
+        slots = [slot for slot, id in enumerate(self._slots.ids) if id is not None and keep(id)]
         return self._replay(np.asarray(slots, dtype=np.int64))
 
     def neighbors(self, x: np.ndarray[Any, Any], k: int = 10, *, exact: bool = False) -> Replay:
@@ -481,8 +401,8 @@ class RehearsalMemory:
         if not self.size:
             return self._replay(np.zeros(0, dtype=np.int64))
         if exact:
-            occupied = self._occupied.array()
-            _, found = exact_knn(self.keys_of(x), self._keys[occupied], min(k, len(occupied)))
+            keys, occupied = self._slots.held()
+            _, found = exact_knn(self.keys_of(x), keys, min(k, len(occupied)))
             slots = np.unique(occupied[found[found >= 0]])
         else:
             _, found = self._index.search(self.keys_of(x), k)
@@ -495,15 +415,16 @@ class RehearsalMemory:
             return 0.0
         distances, _ = self._index.search(self.keys_of(x), k)
         new = float(np.sqrt(np.maximum(distances, 0)).mean())
-        slots = self._occupied.sample(self._rng, min(256, self.size))
-        own, _ = self._index.search(self._keys[slots], k + 1)
+        slots = self._slots.occupied.sample(self._rng, min(256, self.size))
+        own, _ = self._index.search(self._slots.keys[slots], k + 1)
         reference = float(np.sqrt(np.maximum(own[:, 1:], 0)).mean())
         return new / reference if reference > 0 else float("inf") if new > 0 else 0.0
 
     def _replay(self, slots: np.ndarray[Any, Any]) -> Replay:
         slots = np.asarray(slots, dtype=np.int64)
-        x = self._log.read(self._row[slots]) if len(slots) else np.zeros((0, self.features), self.dtype)
-        return Replay(ids=[self._ids[s] or "" for s in slots], x=x, y=self._y[slots].copy())
+        table = self._slots
+        x = self._log.read(table.row[slots]) if len(slots) else np.zeros((0, self.features), self.dtype)
+        return Replay(ids=[table.ids[s] or "" for s in slots], x=x, y=table.y[slots].copy())
 
     # -- snapshots -------------------------------------------------------------------------------
 
@@ -525,7 +446,8 @@ class RehearsalMemory:
 
     def _compact(self) -> Path:
         """Copy the live rows to a new payload log (evicted rows pile up in the old one)."""
-        slots = self._occupied.array()
+        slots = self._slots.occupied.array()
+        rows = self._slots.row
         old = self._log
         new = PayloadLog(
             self.directory / f"payload-{self._generation + 1}.bin", features=self.features, dtype=self.dtype
@@ -533,8 +455,8 @@ class RehearsalMemory:
         new.truncate(0)
         for start in range(0, len(slots), 65536):
             chunk = slots[start : start + 65536]
-            first = new.append(old.read(self._row[chunk]))
-            self._row[chunk] = np.arange(first, first + len(chunk))
+            first = new.append(old.read(rows[chunk]))
+            rows[chunk] = np.arange(first, first + len(chunk))
         self._log, self._generation = new, self._generation + 1
         old.close()
         return old.path
