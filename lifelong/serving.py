@@ -74,7 +74,8 @@ class ServingModel:
         """From a daemon's config file: its registry, its model, and (``follow``) its models topic."""
         from lifelong.config import load_settings
         from lifelong.connectors.kafka_topics import KafkaTail
-        from lifelong.daemon.wiring import build_learner, client_options, open_registry
+        from lifelong.daemon.learning import build_learner, open_registry
+        from lifelong.daemon.wiring import client_options
 
         settings = load_settings(path)
         events = (

@@ -17,7 +17,8 @@ from lifelong.benchmarks import digits
 from lifelong.config import Settings, load_settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon, RunState
-from lifelong.daemon.wiring import build_daemon, memory_connectors, open_registry
+from lifelong.daemon.learning import open_registry
+from lifelong.daemon.wiring import build_daemon, memory_connectors
 from lifelong.events import encode_sample
 from tests import waiting
 

@@ -14,8 +14,9 @@ import torch
 from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.connectors.memory import MemoryBus, MemoryTail
+from lifelong.daemon.learning import build_learner, build_updater, open_registry
 from lifelong.daemon.remember import MemoryFeed
-from lifelong.daemon.wiring import build_learner, build_updater, open_memory, open_registry, open_store
+from lifelong.daemon.wiring import open_memory, open_store
 from lifelong.errors import LifelongError
 from lifelong.serving import ServingModel
 from tests import waiting

@@ -12,9 +12,10 @@ import torch
 from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.daemon.cli import main
+from lifelong.daemon.learning import build_updater, open_registry
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.update import Updater, rows_matrix
-from lifelong.daemon.wiring import build_updater, open_memory, open_registry, open_store
+from lifelong.daemon.wiring import open_memory, open_store
 from lifelong.events import Sample
 from lifelong.memory.samples import IngestBatch, SampleStore
 from tests.streams import stored

@@ -151,7 +151,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 
 def _cmd_versions(args: argparse.Namespace) -> int:
-    from lifelong.daemon.wiring import open_registry
+    from lifelong.daemon.learning import open_registry
 
     versions = open_registry(_settings(args)).versions()
     if args.json:
@@ -170,7 +170,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from lifelong.daemon.wiring import open_registry
+    from lifelong.daemon.learning import open_registry
 
     registry = open_registry(_settings(args))
     before = registry.champion()

@@ -36,8 +36,9 @@ from lifelong.config import Settings, load_settings
 from lifelong.connectors.broker import EmbeddedBroker
 from lifelong.connectors.kafka_topics import KafkaPublisher
 from lifelong.daemon.app import Daemon
+from lifelong.daemon.learning import build_learner
 from lifelong.daemon.report import Timeline, write_report
-from lifelong.daemon.wiring import build_daemon, build_learner, client_options
+from lifelong.daemon.wiring import build_daemon, client_options
 from lifelong.events import encode_feedback, encode_sample
 from lifelong.learners.base import Labeled, Learner
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from lifelong.daemon.app import Daemon, Probation, StateLock
 from lifelong.daemon.control import Controller
 from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.ingest import Ingestor
+from lifelong.daemon.learning import build_updater
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.remember import MemoryFeed
@@ -30,16 +31,13 @@ from lifelong.daemon.watch import Watch
 from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
 from lifelong.learners.base import Learner
-from lifelong.learners.gate import Gate
-from lifelong.learners.trainer import Trainer
 from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.memory.snapshot import SnapshotDir
-from lifelong.registry import ModelRegistry
 
 if TYPE_CHECKING:
-    from lifelong.learners.avalanche import AvalancheLearner
+    pass
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -196,12 +194,9 @@ def build_daemon(
     metrics = Metrics(registry=metrics_registry if metrics_registry is not None else CollectorRegistry())
     # The port answers from here on (alive, not ready) while the cluster and the model are reached.
     admin = DeferredAdmin()
-    http = None
-    if settings.http.enabled:
-        app = HttpApi(admin=admin, registry=metrics.registry, token=token, admin_enabled=admin_enabled)
-        http = HttpServer(app=app, host=settings.http.host, port=settings.http.port)
-        stack.callback(http.close)
-        http.start()
+    http = _start_http(
+        settings, stack, admin=admin, metrics=metrics, token=token, admin_enabled=admin_enabled
+    )
     store = stack.enter_context(open_store(settings))
     if connectors is None:
         connectors = kafka_connectors(settings, stack)
@@ -232,30 +227,11 @@ def build_daemon(
     control = schedule = None
     if updater is not None:
         updater.load_champion()
-        control = Controller(
-            updater=updater,
-            metrics=metrics,
-            live=live,
-            min_new_labels=settings.schedule.min_new_labels,
-            drift_min_labels=settings.schedule.drift_min_labels,
-            drift_cooldown_s=settings.schedule.drift_cooldown_s,
-            on_drift=settings.schedule.on_drift,
-            events=connectors.publisher(kafka.models_topic),
-        )
+        control = _controller(settings, updater, metrics=metrics, live=live, connectors=connectors)
         schedule = Schedule(
             interval_s=settings.schedule.interval_s, cron=settings.schedule.cron, run=control.run_round
         )
     predictions = connectors.publisher(kafka.predictions_topic) if monitor.publish_predictions else None
-    drift = DriftMonitor(
-        classes=settings.data.max_classes,
-        window=monitor.window,
-        novelty_alarm=monitor.novelty_alarm,
-        novelty_clear=monitor.novelty_clear,
-        label_shift_alarm=monitor.label_shift_alarm,
-        label_shift_clear=monitor.label_shift_clear,
-        adwin_delta=monitor.adwin_delta,
-        hold_s=monitor.alarm_hold_s,
-    )
     source = connectors.source(store.positions(), decode)
     daemon = Daemon(
         ingestor=Ingestor(source=source, sink=connectors.dead_letters, store=store, decode=decode, lock=lock),
@@ -279,7 +255,7 @@ def build_daemon(
     )
     watch = Watch(
         live=live,
-        drift=drift,
+        drift=_drift_monitor(settings),
         metrics=metrics,
         models=_predicting(updater),
         memory=memory,
@@ -293,6 +269,55 @@ def build_daemon(
     daemon.http = http
     admin.target = daemon
     return daemon
+
+
+def _start_http(
+    settings: Settings,
+    stack: ExitStack,
+    *,
+    admin: DeferredAdmin,
+    metrics: Metrics,
+    token: str | None,
+    admin_enabled: bool,
+) -> HttpServer | None:
+    """The metrics/health/admin port, serving from now on (closed by ``stack``), if enabled."""
+    if not settings.http.enabled:
+        return None
+    app = HttpApi(admin=admin, registry=metrics.registry, token=token, admin_enabled=admin_enabled)
+    http = HttpServer(app=app, host=settings.http.host, port=settings.http.port)
+    stack.callback(http.close)
+    http.start()
+    return http
+
+
+def _controller(
+    settings: Settings, updater: Updater, *, metrics: Metrics, live: LiveAccuracy, connectors: Connectors
+) -> Controller:
+    schedule = settings.schedule
+    return Controller(
+        updater=updater,
+        metrics=metrics,
+        live=live,
+        min_new_labels=schedule.min_new_labels,
+        drift_min_labels=schedule.drift_min_labels,
+        drift_cooldown_s=schedule.drift_cooldown_s,
+        on_drift=schedule.on_drift,
+        events=connectors.publisher(settings.kafka.models_topic),
+    )
+
+
+def _drift_monitor(settings: Settings) -> DriftMonitor:
+    monitor = settings.monitor
+    return DriftMonitor(
+        classes=settings.data.max_classes,
+        window=monitor.window,
+        novelty_alarm=monitor.novelty_alarm,
+        novelty_clear=monitor.novelty_clear,
+        label_shift_alarm=monitor.label_shift_alarm,
+        label_shift_clear=monitor.label_shift_clear,
+        adwin_delta=monitor.adwin_delta,
+        hold_s=monitor.alarm_hold_s,
+    )
 
 
 def heartbeat_path(settings: Settings) -> Path:
@@ -327,83 +352,3 @@ def _predicting(updater: Updater | None) -> Callable[[], dict[int, Learner]]:
         return found
 
     return models
-
-
-def open_registry(settings: Settings) -> ModelRegistry:
-    """The model registry in the state directory."""
-    return ModelRegistry(root=Path(settings.state.dir) / "models", keep_last=settings.learner.keep_versions)
-
-
-def build_learner(
-    settings: Settings, *, exclude_from_replay: Callable[[str], bool] | None = None
-) -> AvalancheLearner:
-    """A fresh learner as ``[learner]`` and ``[data]`` describe it."""
-    # Imported here: Avalanche takes seconds to import, and status, forget and versions never need it.
-    from lifelong.learners.avalanche import AvalancheLearner
-    from lifelong.learners.models import build_model
-
-    learner = settings.learner
-    model = build_model(
-        learner.model,
-        features=settings.data.features,
-        classes=settings.data.max_classes,
-        options=learner.model_options,
-        init_weights=learner.init_weights,
-        freeze=learner.freeze,
-    )
-    try:
-        return AvalancheLearner(
-            model=model,
-            classes=settings.data.max_classes,
-            exclude_from_replay=exclude_from_replay,
-            **learner.learner_options(),
-        )
-    except ValueError as error:  # the device, most likely
-        raise ConfigError(f"learner: {error}") from None
-
-
-def build_trainer(settings: Settings) -> Trainer:
-    """The trainer: candidates built from ``[learner]``, judged by its gate settings."""
-    learner = settings.learner
-    gate = Gate(
-        recent_tolerance=learner.gate_recent_tolerance,
-        memory_tolerance=learner.gate_memory_tolerance,
-        min_samples=learner.gate_min_samples,
-        z=learner.gate_z,
-    )
-    trainer = Trainer(
-        build=lambda: build_learner(settings, exclude_from_replay=trainer.held_out),
-        gate=gate,
-        holdout=learner.holdout,
-    )
-    trainer.build()  # a bad model, plugin or device fails at start, naming the key
-    return trainer
-
-
-def build_updater(
-    settings: Settings,
-    *,
-    store: SampleStore,
-    memory: RehearsalMemory,
-    feed: MemoryFeed | None,
-    lock: AbstractContextManager[Any] | None = None,
-) -> Updater:
-    """Update rounds over the store and memory, versions in the state directory's registry."""
-
-    def before_round() -> None:
-        if feed is not None:
-            feed.catch_up()
-            feed.maybe_snapshot(force=True)
-
-    return Updater(
-        trainer=build_trainer(settings),
-        store=store,
-        memory=memory,
-        registry=open_registry(settings),
-        features=settings.data.features,
-        recent=settings.learner.recent,
-        max_round_samples=settings.schedule.max_round_labels,
-        config=settings.learner.model_dump(mode="json"),
-        before_round=before_round,
-        lock=lock,
-    )

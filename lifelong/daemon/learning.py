@@ -1,0 +1,101 @@
+"""Builds the learning side from settings: registry, learner, trainer and its gate, updater."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lifelong.config import Settings
+from lifelong.daemon.remember import MemoryFeed
+from lifelong.daemon.update import Updater
+from lifelong.errors import ConfigError
+from lifelong.learners.gate import Gate
+from lifelong.learners.trainer import Trainer
+from lifelong.memory.rehearsal import RehearsalMemory
+from lifelong.memory.samples import SampleStore
+from lifelong.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from lifelong.learners.avalanche import AvalancheLearner
+
+
+def open_registry(settings: Settings) -> ModelRegistry:
+    """The model registry in the state directory."""
+    return ModelRegistry(root=Path(settings.state.dir) / "models", keep_last=settings.learner.keep_versions)
+
+
+def build_learner(
+    settings: Settings, *, exclude_from_replay: Callable[[str], bool] | None = None
+) -> AvalancheLearner:
+    """A fresh learner as ``[learner]`` and ``[data]`` describe it."""
+    # Imported here: Avalanche takes seconds to import, and status, forget and versions never need it.
+    from lifelong.learners.avalanche import AvalancheLearner
+    from lifelong.learners.models import build_model
+
+    learner = settings.learner
+    model = build_model(
+        learner.model,
+        features=settings.data.features,
+        classes=settings.data.max_classes,
+        options=learner.model_options,
+        init_weights=learner.init_weights,
+        freeze=learner.freeze,
+    )
+    try:
+        return AvalancheLearner(
+            model=model,
+            classes=settings.data.max_classes,
+            exclude_from_replay=exclude_from_replay,
+            **learner.learner_options(),
+        )
+    except ValueError as error:  # the device, most likely
+        raise ConfigError(f"learner: {error}") from None
+
+
+def build_trainer(settings: Settings) -> Trainer:
+    """The trainer: candidates built from ``[learner]``, judged by its gate settings."""
+    learner = settings.learner
+    gate = Gate(
+        recent_tolerance=learner.gate_recent_tolerance,
+        memory_tolerance=learner.gate_memory_tolerance,
+        min_samples=learner.gate_min_samples,
+        z=learner.gate_z,
+    )
+    trainer = Trainer(
+        build=lambda: build_learner(settings, exclude_from_replay=trainer.held_out),
+        gate=gate,
+        holdout=learner.holdout,
+    )
+    trainer.build()  # a bad model, plugin or device fails at start, naming the key
+    return trainer
+
+
+def build_updater(
+    settings: Settings,
+    *,
+    store: SampleStore,
+    memory: RehearsalMemory,
+    feed: MemoryFeed | None,
+    lock: AbstractContextManager[Any] | None = None,
+) -> Updater:
+    """Update rounds over the store and memory, versions in the state directory's registry."""
+
+    def before_round() -> None:
+        if feed is not None:
+            feed.catch_up()
+            feed.maybe_snapshot(force=True)
+
+    return Updater(
+        trainer=build_trainer(settings),
+        store=store,
+        memory=memory,
+        registry=open_registry(settings),
+        features=settings.data.features,
+        recent=settings.learner.recent,
+        max_round_samples=settings.schedule.max_round_labels,
+        config=settings.learner.model_dump(mode="json"),
+        before_round=before_round,
+        lock=lock,
+    )
