@@ -112,10 +112,13 @@ def test_a_poisoned_version_the_gate_let_through_is_rolled_back_by_live_accuracy
     produce(bus, settings, later, Y[later], "live-")
     control = daemon.control
     assert control is not None
+    # The models-topic event is the rollback's last step (the registry changes first, then the
+    # metrics): waiting for it keeps the checks below from racing the daemon thread.
     wait_for(
-        lambda: champion(settings) == 1,
+        lambda: len(bus.records(settings.kafka.models_topic)) == 3,
         what=lambda: (control.live.probation, control.updater.state()[0], control.counts),
     )
+    assert champion(settings) == 1
     versions = {v.version: v for v in open_registry(settings).versions()}
     assert versions[2].status == "rolled_back"
     assert versions[2].rolled_back is not None and versions[2].rolled_back["trigger"] == "auto"
