@@ -20,6 +20,11 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaTP
+from kafka.errors import KafkaError, UnknownTopicOrPartitionError
+from kafka.structs import OffsetAndMetadata
+
 from lifelong.connectors.base import TopicPartition
 
 _IDLE_POLL_MS = 200
@@ -33,11 +38,6 @@ def run(outbox: Connection, inbox: Connection) -> None:
     # Signals go to the daemon, which stops us through the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from kafka import KafkaConsumer
-    from kafka import TopicPartition as KafkaTP
-    from kafka.errors import KafkaError
-    from kafka.structs import OffsetAndMetadata
-
     index = config["share"][0]
     decode = config["decode"]
 
@@ -52,7 +52,7 @@ def run(outbox: Connection, inbox: Connection) -> None:
         while os.getppid() == config["parent"]:
             try:
                 if consumer is None:
-                    consumer = _connect(KafkaConsumer, KafkaTP, config)
+                    consumer = _connect(config)
                     send("ready", _starting_positions(consumer), {})
                     backoff = 0.5
                 mine = consumer.assignment()
@@ -156,8 +156,8 @@ def _columns(topic: str, partition: int, records: list[Any], decode: Any) -> tup
     return (topic, partition, offsets, keep, timestamps, keys, headers, decoded)
 
 
-def _connect(consumer_class: Any, tp_class: Any, config: dict[str, Any]) -> Any:
-    consumer = consumer_class(
+def _connect(config: dict[str, Any]) -> Any:
+    consumer = KafkaConsumer(
         group_id=config["group_id"],
         enable_auto_commit=False,
         auto_offset_reset=config["start_from"],
@@ -169,10 +169,8 @@ def _connect(consumer_class: Any, tp_class: Any, config: dict[str, Any]) -> Any:
         found = consumer.partitions_for_topic(topic)
         if not found:
             consumer.close(autocommit=False)
-            from kafka.errors import UnknownTopicOrPartitionError
-
             raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
-        partitions += [tp_class(topic, p) for p in sorted(found)]
+        partitions += [KafkaTP(topic, p) for p in sorted(found)]
     index, count = config["share"]
     partitions = partitions[index::count]
     if partitions:
