@@ -263,9 +263,7 @@ class RehearsalMemory:
             self._index.remove(np.fromiter(replaced, dtype=np.int64))
         if placed:
             slots = np.fromiter(placed.keys(), dtype=np.int64)
-            first = self._log.append(x[list(placed.values())])
-            table.row[slots] = np.arange(first, first + len(slots))
-            self._index.add(table.keys[slots], slots)
+            self._write(slots, x[list(placed.values())], table.keys[slots])
         return evicted
 
     def _admit(
@@ -305,8 +303,14 @@ class RehearsalMemory:
         if not ids:
             return
         slots = self._slots.fill(ids, y=y, ts=ts, keys=keys, regions=regions)
+        self._write(slots, x, keys)
+
+    def _write(
+        self, slots: np.ndarray[Any, Any], x: np.ndarray[Any, Any], keys: np.ndarray[Any, Any]
+    ) -> None:
+        """Append the payloads of newly occupied ``slots`` to the log and their keys to the index."""
         first = self._log.append(x)
-        self._slots.row[slots] = np.arange(first, first + len(ids))
+        self._slots.row[slots] = np.arange(first, first + len(slots))
         self._index.add(keys, slots)
 
     def _near_duplicates(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
