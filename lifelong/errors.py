@@ -19,6 +19,14 @@ class StateError(LifelongError, RuntimeError):
     """The durable state directory cannot be used as it is (corrupt, locked, newer format)."""
 
 
+class StateDamaged(StateError):
+    """A state file failed an integrity check; the message names it and what to do."""
+
+
+class DiskFull(StateError):
+    """The state directory has no space left; what was committed before is kept."""
+
+
 class MissingExtraError(LifelongError, ImportError):
     """An optional part is not installed; the message says what to install."""
 
