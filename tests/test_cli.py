@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from lifelong import __version__
 from lifelong.daemon.cli import build_parser, main
+from tests.test_store import damage_middle, filled
 
 COMMANDS = ["run", "check", "status", "forget", "versions", "rollback", "produce", "broker", "demo"]
 
@@ -75,3 +77,38 @@ def test_the_daemon_refuses_to_start_without_an_admin_token(tmp_path: Path, clea
     assert done.returncode == 2
     assert "http.admin_token" in done.stderr and "LIFELONG_ADMIN_TOKEN" in done.stderr
     assert not (tmp_path / "state").exists()  # refused before touching anything
+
+
+def state_config(tmp_path: Path) -> str:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[state]\ndir = "{tmp_path / "state"}"\n')
+    return str(config)
+
+
+def test_check_state_on_an_intact_store(
+    tmp_path: Path, clean_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = filled(tmp_path / "state", samples=1_000)
+    assert main(["check", "--state", "--config", state_config(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "problems": [], "file": str(path)}
+
+
+def test_check_state_on_a_damaged_store(
+    tmp_path: Path, clean_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = filled(tmp_path / "state")
+    damage_middle(path)
+    assert main(["check", "--state", "--config", state_config(tmp_path)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ok"], report["file"]) == (False, str(path))
+    assert report["problems"] and all(isinstance(problem, str) for problem in report["problems"])
+
+
+def test_status_of_a_damaged_store_exits_2_with_one_line_naming_it(
+    tmp_path: Path, clean_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = filled(tmp_path / "state")
+    damage_middle(path)
+    assert main(["status", "--config", state_config(tmp_path)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert str(path) in line and "damaged" in line and "lifelong check --state" in line

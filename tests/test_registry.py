@@ -1,7 +1,11 @@
-"""The model registry: promote, rollback, statuses, corrupt state refused, retention, no stale cache."""
+"""The model registry: promote, rollback, statuses, corrupt state refused, retention, no stale cache.
+
+Also the other pointer-swapped state on a full disk: snapshot directories and atomic writes.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import json
@@ -13,8 +17,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors import SafetensorError
 
-from lifelong.errors import StateError, VersionNotFoundError
+import lifelong.files
+import lifelong.memory.snapshot
+import lifelong.registry.base
+import lifelong.registry.store
+from lifelong.errors import DiskFull, StateError, VersionNotFoundError
+from lifelong.files import write_atomically
+from lifelong.memory.snapshot import SnapshotDir
 from lifelong.registry import LoadedVersion, ModelRegistry, ModelVersion, Status
 from lifelong.registry.store import HEAD
 
@@ -455,3 +466,84 @@ def check_history(fx: Fixture, operations: list[str]) -> None:
             *range(max(1, created - 1), created + 1),
         }
         assert {v for v in range(1, created + 1) if fx.registry.is_rolled_back(v)} == rolled_back
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes, by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def no_space(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_writing_the_weights_leaves_the_registry_as_it_was(
+    fx: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fx.add(True)
+    before = tree(fx.root)
+
+    def save_partly(tensors: object, filename: str) -> None:
+        Path(filename).write_bytes(b"\0" * 100)
+        # What safetensors raises when the disk fills up under it.
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(lifelong.registry.base, "save_file", save_partly)
+    with pytest.raises(DiskFull, match="free some space") as full:
+        fx.add(True)
+    assert str(fx.root) in str(full.value)
+    assert isinstance(full.value.__cause__, OSError) and full.value.__cause__.errno == errno.ENOSPC
+    assert tree(fx.root) == before  # no partial version directory, HEAD.json untouched
+    monkeypatch.undo()  # space freed
+    assert fx.add(True).version == 2
+    assert fx.registry.champion().version == 2  # type: ignore[union-attr]
+
+
+def test_a_full_disk_while_writing_head_removes_the_new_version(
+    fx: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fx.add(True)
+    before = tree(fx.root)
+    monkeypatch.setattr(lifelong.registry.store, "write_atomically", no_space)
+    with pytest.raises(DiskFull, match=str(fx.root)):
+        fx.add(True)
+    assert tree(fx.root) == before
+    assert [v.version for v in fx.registry.versions()] == [1]
+
+
+def test_write_atomically_removes_its_temp_file_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "HEAD.json"
+    path.write_bytes(b"before")
+    monkeypatch.setattr(lifelong.files.os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        write_atomically(path, b"after")
+    assert tree(tmp_path) == {"HEAD.json": b"before"}
+
+
+@pytest.mark.parametrize("failing", ["draft", "manifest", "pointer"])
+def test_a_snapshot_that_meets_a_full_disk_is_removed_and_the_previous_stays_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    snapshots = SnapshotDir(tmp_path / "memory", kind="test", format=1)
+    with snapshots.begin() as draft:
+        (draft.path / "keys").write_bytes(b"first")
+        previous = draft.commit({"size": 1})
+    before = tree(snapshots.root)
+    real = lifelong.memory.snapshot.write_atomically
+
+    def write(path: Path, data: bytes) -> None:
+        if {"pointer": "CURRENT", "manifest": "manifest.json"}.get(failing) == path.name:
+            no_space()
+        real(path, data)
+
+    monkeypatch.setattr(lifelong.memory.snapshot, "write_atomically", write)
+    with pytest.raises(DiskFull, match=str(snapshots.root)), snapshots.begin() as draft:
+        (draft.path / "keys").write_bytes(b"second")
+        if failing == "draft":
+            no_space()  # the component's own files fill the disk
+        draft.commit({"size": 2})
+    assert tree(snapshots.root) == before
+    assert snapshots.current() == previous
+    assert snapshots.load() == (snapshots.manifest(), previous)

@@ -1,9 +1,13 @@
-"""The sample store: label rule, dedupe, expiry, atomic offsets, format checks."""
+"""The sample store: label rule, dedupe, expiry, atomic offsets, format checks, damage and full disks."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong.errors import StateError
+from lifelong.errors import DiskFull, StateDamaged, StateError
 from lifelong.events import Feedback, Sample
 from lifelong.memory.samples import FORMAT, IngestBatch, SampleStore
 from tests.streams import stored
@@ -154,7 +158,7 @@ def test_future_format_is_refused_and_kept(tmp_path: Path) -> None:
 def test_corrupt_database_is_refused_with_advice(tmp_path: Path) -> None:
     path = tmp_path / "samples.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StateError, match="move it aside"):
+    with pytest.raises(StateDamaged, match=r"not a database.*move it"):
         SampleStore.open(tmp_path)
     assert path.read_bytes() == b"this is not sqlite" * 100
 
@@ -162,6 +166,148 @@ def test_corrupt_database_is_refused_with_advice(tmp_path: Path) -> None:
 def test_readonly_open_of_missing_state(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="no state"):
         SampleStore.open(tmp_path / "none", readonly=True)
+
+
+def numbered(first: int, count: int) -> IngestBatch:
+    """``count`` labeled samples ``n<first>``... with 64 floats each, and the offset after them."""
+    out = IngestBatch(positions={("s", 0): first + count})
+    for n in range(first, first + count):
+        out.samples.append(stored(Sample(f"n{n}", np.full(64, n, np.float32), n % 3), "s", 0, n, 1_000 + n))
+    return out
+
+
+def filled(directory: Path, samples: int = 3_000) -> Path:
+    """A closed store of ``samples`` labeled samples in ``directory``; returns its file."""
+    with SampleStore.open(directory) as store:
+        for first in range(0, samples, 500):
+            store.apply(numbered(first, 500))
+    return directory / "samples.sqlite"
+
+
+def flip(path: Path, at: int, count: int = 200) -> None:
+    """Invert ``count`` bytes of ``path`` from offset ``at``: a torn write or a bad sector."""
+    data = bytearray(path.read_bytes())
+    data[at : at + count] = bytes(b ^ 0xFF for b in data[at : at + count])
+    path.write_bytes(bytes(data))
+
+
+def damage_middle(path: Path) -> None:
+    """Flip 200 bytes from the start of the database's middle page (its header and cells)."""
+    with closing(sqlite3.connect(path)) as db:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+    flip(path, path.stat().st_size // 2 // page * page)
+
+
+def test_store_damaged_in_the_middle_is_refused_at_open_naming_the_file(tmp_path: Path) -> None:
+    path = filled(tmp_path)
+    damage_middle(path)
+    for readonly in (False, True):
+        with pytest.raises(StateDamaged, match="move it") as refused:
+            SampleStore.open(tmp_path, readonly=readonly)
+        assert str(path) in str(refused.value) and "lifelong check --state" in str(refused.value)
+        assert "\n" not in str(refused.value)  # one line in the log
+
+
+def test_damage_met_by_a_later_read_raises_state_damaged(tmp_path: Path) -> None:
+    path = filled(tmp_path)
+    with closing(sqlite3.connect(path)) as db:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            leaves = [
+                n
+                for (n,) in db.execute(
+                    "SELECT pageno FROM dbstat WHERE name = 'samples' AND pagetype = 'leaf'"
+                )
+            ]
+        except sqlite3.OperationalError:
+            pytest.skip("this SQLite has no dbstat table to find the samples' pages with")
+    flip(path, (leaves[len(leaves) // 2] - 1) * page)
+    # No time for the check at open: the damage is met by the first full scan instead.
+    with SampleStore.open(tmp_path, check_s=0.0) as store:
+        with pytest.raises(StateDamaged, match="malformed") as met:
+            list(store.labeled())
+        assert str(path) in str(met.value)
+        assert isinstance(met.value.__cause__, sqlite3.DatabaseError)
+        assert store.check(full=True)
+
+
+def test_the_check_at_open_is_bounded_in_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    filled(tmp_path)
+    with caplog.at_level(logging.WARNING), SampleStore.open(tmp_path) as store:
+        assert store.check(full=True) == []
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING), SampleStore.open(tmp_path, check_s=0.0) as store:
+        assert store.status().samples == 3_000
+    [warning] = caplog.records
+    assert "cut short" in warning.getMessage() and "lifelong check --state" in warning.getMessage()
+
+
+def chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and every exception it was raised from or while handling."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def test_a_full_disk_raises_disk_full_keeps_what_was_committed_and_resumes(tmp_path: Path) -> None:
+    with SampleStore.open(tmp_path) as store:
+        store.apply(numbered(0, 500))
+        # SQLite answers a page limit exactly as it answers a full disk (SQLITE_FULL).
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(DiskFull, match="free some space") as full:
+            store.apply(numbered(500, 500))
+        assert str(tmp_path) in str(full.value)
+        assert isinstance(full.value.__cause__, sqlite3.OperationalError)
+        assert not any("rollback" in str(error) for error in chain(full.value))
+        status = store.status()
+        assert (status.samples, status.waiting, status.offsets) == (500, 0, {"s:0": 500})
+        store._db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+        assert store.apply(numbered(500, 500)).stored == 500
+    with SampleStore.open(tmp_path) as store:
+        assert store.status().samples == 1_000
+        assert store.positions() == {("s", 0): 1_000}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (needs root and may be refused in containers: then the test is skipped)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"cannot mount a tmpfs: {error}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        # Lazy: detached even if a test failed with the store still open on it.
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True, timeout=30, check=False)
+
+
+def test_a_really_full_disk_stops_with_disk_full_and_the_store_reopens(small_disk: Path) -> None:
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (1 << 20))
+    committed = 0
+    with SampleStore.open(small_disk) as store, pytest.raises(DiskFull) as full:
+        for first in range(0, 100_000, 500):
+            store.apply(numbered(first, 500))
+            committed = first + 500
+    assert not any("rollback" in str(error) for error in chain(full.value))
+    assert committed > 0
+    filler.unlink()  # space freed
+    with SampleStore.open(small_disk) as store:
+        assert store.status().samples == committed
+        assert store.positions() == {("s", 0): committed}
+        store.apply(numbered(committed, 500))
+        assert store.check(full=True) == []
 
 
 events = st.lists(

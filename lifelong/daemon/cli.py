@@ -89,8 +89,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from lifelong.daemon.app import RunState, read_heartbeat
     from lifelong.daemon.wiring import heartbeat_path
+    from lifelong.errors import StateDamaged
+    from lifelong.memory.samples import DATABASE, SampleStore
 
     settings = _settings(args)
+    if args.state:
+        # Read-only beside a running daemon (WAL readers do not block it); the full check can take minutes.
+        try:
+            with SampleStore.open(settings.state.dir, readonly=True, check_s=None) as store:
+                problems = store.check(full=True)
+        except StateDamaged as error:  # too damaged to open
+            problems = [str(error)]
+        file = str(Path(settings.state.dir) / DATABASE)
+        print(json.dumps({"ok": not problems, "problems": problems, "file": file}))
+        return 0 if not problems else 1
     path = heartbeat_path(settings)
     beat = read_heartbeat(path)
     if beat is None:
@@ -270,12 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="exit 0 if the daemon is running and its heartbeat is fresh, else 1",
+        help="exit 0 if the daemon is running and its heartbeat is fresh (or the state is intact), else 1",
         description="Read the heartbeat the daemon writes in its state directory: exit 0 when it is "
         "running and the heartbeat is newer than [http] heartbeat_stale_s, 1 otherwise (for "
-        "systemd, cron or a container health check).",
+        "systemd, cron or a container health check). With --state, run SQLite's full integrity "
+        "check of the sample store instead (safe while the daemon runs): exit 0 when it is intact, "
+        "1 when it is damaged, printing the problems found.",
     )
     check.add_argument("--config", "-c", help="TOML settings file")
+    check.add_argument(
+        "--state", action="store_true", help="check the sample store's integrity instead of the heartbeat"
+    )
     check.set_defaults(handler=_cmd_check)
 
     status = commands.add_parser(

@@ -4,17 +4,129 @@ The rehearsal memory and the update rounds follow the labels the store gives thr
 its ``label_events`` outbox, by sequence number, and trim what a durable follower has
 consumed; they fetch inputs by id or read the newest labeled samples. Ingestion's
 writes are in :class:`~lifelong.memory.samples.SampleStore`, which has these too.
+
+Both go through a :class:`StoreConnection`: every statement, and every row fetched,
+that meets a damaged page raises :class:`~lifelong.errors.StateDamaged`, and every
+write the disk has no room for raises :class:`~lifelong.errors.DiskFull`, so nothing
+goes on with partial data and the daemon stops with a message that says what to do.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar, overload
 
 import numpy as np
 
-from lifelong.errors import StateError
+from lifelong.errors import StateDamaged, StateError
+from lifelong.files import disk_full, is_disk_full
+
+_CursorT = TypeVar("_CursorT", bound=sqlite3.Cursor)
+
+# SQLite's primary result codes for a damaged file (extended codes keep them in their low byte).
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def damaged(path: Path, found: str) -> StateDamaged:
+    """The :class:`~lifelong.errors.StateDamaged` to raise for the state database ``path``."""
+    return StateDamaged(
+        f"state database {path} is damaged ({found}): move it (and its -wal file) aside to rebuild "
+        "the state from Kafka, or restore a backup; `lifelong check --state --config FILE` runs the "
+        "full integrity check"
+    )
+
+
+def _failed(path: Path, error: sqlite3.Error) -> NoReturn:
+    """Raise ``error`` as the state error it means (damaged file, full disk), else as it is."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if is_disk_full(error):
+        raise disk_full(path.parent, error) from error
+    if (code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)) or (
+        type(error) is sqlite3.DatabaseError and "malformed" in str(error)
+    ):
+        raise damaged(path, str(error)) from error
+    raise error
+
+
+class StoreCursor(sqlite3.Cursor):
+    """A cursor of a :class:`StoreConnection`: its statements and fetches raise state errors."""
+
+    connection: StoreConnection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> StoreCursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as error:
+            _failed(self.connection.path, error)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> StoreCursor:
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        except sqlite3.Error as error:
+            _failed(self.connection.path, error)
+
+    def executescript(self, sql_script: str, /) -> StoreCursor:
+        try:
+            super().executescript(sql_script)
+        except sqlite3.Error as error:
+            _failed(self.connection.path, error)
+        return self
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.Error as error:
+            _failed(self.connection.path, error)
+
+    def fetchmany(self, size: int | None = 1) -> list[Any]:
+        try:
+            return super().fetchmany(size)
+        except sqlite3.Error as error:
+            _failed(self.connection.path, error)
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.Error as error:
+            _failed(self.connection.path, error)
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.Error as error:
+            _failed(self.connection.path, error)
+
+
+class StoreConnection(sqlite3.Connection):
+    """The sample store's connection to the database file ``path``: see :class:`StoreCursor`.
+
+    Example::
+
+        db = sqlite3.connect(uri, uri=True, factory=StoreConnection)
+        db.path = path
+        db.execute("SELECT ...")  # StateDamaged or DiskFull, naming path, instead of sqlite3 errors
+    """
+
+    path: Path
+
+    @overload
+    def cursor(self, factory: None = None) -> StoreCursor: ...
+    @overload
+    def cursor(self, factory: Callable[[sqlite3.Connection], _CursorT]) -> _CursorT: ...
+    def cursor(self, factory: Callable[[sqlite3.Connection], sqlite3.Cursor] | None = None) -> sqlite3.Cursor:
+        return super().cursor(StoreCursor if factory is None else factory)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> StoreCursor:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> StoreCursor:
+        return self.cursor().executemany(sql, parameters)
+
+    def executescript(self, sql_script: str, /) -> StoreCursor:
+        return self.cursor().executescript(sql_script)
 
 
 class SampleReads:
@@ -26,7 +138,7 @@ class SampleReads:
         x = store.inputs([id for _, id, _ in events])
     """
 
-    _db: sqlite3.Connection
+    _db: StoreConnection
 
     def label_events(self, after: int, limit: int) -> list[tuple[int, str, int, bytes, str]]:
         """Labels given after sequence number ``after``, oldest first: (seq, id, y, x bytes, x dtype)."""

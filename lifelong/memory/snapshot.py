@@ -3,8 +3,10 @@
 A snapshot is written into a temporary directory, every file fsynced and
 checksummed in ``manifest.json``, the directory renamed into place, and only
 then ``CURRENT`` swapped (temp file, fsync, ``os.replace``). A crash at any
-point leaves the previous snapshot current. Loading checks the format number
-and every checksum, and refuses with a message that says what to do.
+point leaves the previous snapshot current, and a write that fails (a full
+disk: :class:`~lifelong.errors.DiskFull`) leaves nothing of the new one behind.
+Loading checks the format number and every checksum, and refuses with a
+message that says what to do.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from lifelong.errors import StateError
 from lifelong.files import digest as _digest  # a local name below is ``digest``
-from lifelong.files import fsync_dir, write_atomically
+from lifelong.files import disk_full, fsync_dir, is_disk_full, write_atomically
 
 MANIFEST = "manifest.json"
 POINTER = "CURRENT"
@@ -109,10 +111,21 @@ class SnapshotDir:
         write_atomically(draft.path / MANIFEST, json.dumps(body, indent=1).encode())
         final = self.root / draft.name
         os.replace(draft.path, final)
-        fsync_dir(self.root)
-        write_atomically(self.root / POINTER, f"{draft.name}\n".encode())
+        try:
+            fsync_dir(self.root)
+            write_atomically(self.root / POINTER, f"{draft.name}\n".encode())
+        except BaseException:
+            if self._pointer() != draft.name:  # not published: CURRENT still names the previous one
+                shutil.rmtree(final, ignore_errors=True)
+            raise
         self._prune()
         return final
+
+    def _pointer(self) -> str | None:
+        try:
+            return (self.root / POINTER).read_text().strip()
+        except OSError:
+            return None
 
     def _prune(self) -> None:
         current = self.current()
@@ -131,7 +144,10 @@ class SnapshotDir:
 
 
 class Draft:
-    """A snapshot being written; :meth:`commit` publishes it, leaving without it discards it."""
+    """A snapshot being written; :meth:`commit` publishes it, leaving without it discards it.
+
+    Leaving on a full disk raises :class:`~lifelong.errors.DiskFull` (from the OS error).
+    """
 
     def __init__(self, owner: SnapshotDir, path: Path, name: str) -> None:
         self.owner = owner
@@ -147,6 +163,8 @@ class Draft:
     def __enter__(self) -> Draft:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         if self.published is None:
             shutil.rmtree(self.path, ignore_errors=True)
+        if error is not None and is_disk_full(error):
+            raise disk_full(self.owner.root, error) from error

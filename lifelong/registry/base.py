@@ -139,11 +139,19 @@ def write_version(
         write_atomically(temp / META, json.dumps(body, indent=1).encode())
         final = root / name
         os.rename(temp, final)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(error, SafetensorError) and (os_error := _os_error(error)) is not None:
+            raise os_error from error
         raise
     fsync_dir(root)
     return final
+
+
+def _os_error(error: SafetensorError) -> OSError | None:
+    """The OSError inside a safetensors error (it says "... No space left on device (os error 28)")."""
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return None if found is None else OSError(int(found[1]), str(error))
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from lifelong.errors import StateError, VersionNotFoundError
-from lifelong.files import fsync_dir, write_atomically
+from lifelong.files import disk_full, fsync_dir, is_disk_full, write_atomically
 from lifelong.registry.base import (
     MODEL,
     STATE,
@@ -120,6 +120,9 @@ class ModelRegistry:
         With ``expect_champion``, promotion happens only if that version is still the
         champion (checked under the lock): a rollback made while the candidate trained
         wins, and the candidate is kept as rejected with the reason.
+
+        On a full disk it raises :class:`~lifelong.errors.DiskFull` and the registry is
+        as it was: no partial version directory, ``HEAD.json`` untouched.
         """
         if parent is not None and (isinstance(parent, bool) or not isinstance(parent, int)):
             raise TypeError(f"parent must be a version number or None, not {parent!r}")
@@ -149,12 +152,18 @@ class ModelRegistry:
                 )
                 # Its data was not judged on its merits: whoever tracks what was trained can retry it.
                 meta["lineage"] = {**meta["lineage"], "superseded": True}
-            write_version(self.root, number, weights=tensors, state=learner_tensors, meta=meta)
-            head.next = number + 1
-            if promote:
-                head.champion = number
-                head.promotions.append(number)
-            self._write_head(head)
+            try:
+                write_version(self.root, number, weights=tensors, state=learner_tensors, meta=meta)
+                head.next = number + 1
+                if promote:
+                    head.champion = number
+                    head.promotions.append(number)
+                self._write_head(head)
+            except BaseException as error:
+                self._discard_unrecorded(number)
+                if is_disk_full(error):
+                    raise disk_full(self.root, error) from error
+                raise
             self._prune(head)
         logger.info("model version %d added (%s)", number, meta["decision"])
         return self.get(number)
@@ -297,15 +306,27 @@ class ModelRegistry:
                 continue
             if decision != Status.REJECTED:
                 continue
-            # Renamed first, so a crash mid-delete leaves a leftover (removed on open), never half a version.
-            trash = self.root / f".{path.name}.del-{time.time_ns()}"
-            path.rename(trash)
-            fsync_dir(self.root)
-            shutil.rmtree(trash, ignore_errors=True)
+            self._delete(path)
             deleted.append(number)
         if deleted:
             logger.info("pruned rejected model versions %s", deleted)
         return deleted
+
+    def _delete(self, path: Path) -> None:
+        # Renamed first, so a crash mid-delete leaves a leftover (removed on open), never half a version.
+        trash = self.root / f".{path.name}.del-{time.time_ns()}"
+        path.rename(trash)
+        fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _discard_unrecorded(self, number: int) -> None:
+        """Delete version ``number`` if its directory was written but ``HEAD.json`` does not record it."""
+        path = self.root / dir_name(number)
+        try:
+            if path.is_dir() and self._read_head().next <= number:
+                self._delete(path)
+        except (OSError, StateError) as error:  # the failure being raised says more than this one
+            logger.warning("could not remove model version %d after a failed write: %s", number, error)
 
     def _read_head(self) -> _Head:
         path = self.root / HEAD
