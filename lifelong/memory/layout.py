@@ -10,6 +10,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lifelong.errors import StateError
+from lifelong.memory.payloads import CHECKSUM
+
 if TYPE_CHECKING:
     from lifelong.memory.rehearsal import RehearsalMemory
 
@@ -27,6 +30,7 @@ def write(memory: RehearsalMemory, directory: Path) -> dict[str, Any]:
         "seed": memory.seed,
         "payload_generation": memory._generation,
         "payload_rows": memory._log.rows,
+        "payload_checksum": CHECKSUM,
         "seen": memory._seen,
         "seen_by_class": {str(k): v for k, v in memory._seen_by_class.items()},
         "rng": memory._rng.bit_generator.state,
@@ -50,7 +54,16 @@ def settings_of(memory: RehearsalMemory) -> dict[str, Any]:
 
 
 def read(memory: RehearsalMemory, path: Path, manifest: dict[str, Any]) -> None:
-    """Fill a freshly reset ``memory`` from the snapshot at ``path``."""
+    """Fill a freshly reset ``memory`` from the snapshot at ``path``.
+
+    A format 1 snapshot has no payload checksums: the slots' are zeros, for the memory to compute.
+    """
+    checksum = manifest.get("payload_checksum", CHECKSUM)
+    if checksum != CHECKSUM:
+        raise StateError(
+            f"rehearsal memory snapshot {path} checksums its payloads with {checksum!r}, this lifelong "
+            f"with {CHECKSUM!r}: upgrade lifelong to read it"
+        )
     memory._log.truncate(manifest["payload_rows"])
     memory._slots.read(path)
     memory._index.read(path / "index.faiss")

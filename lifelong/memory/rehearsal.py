@@ -9,13 +9,17 @@ keys stay comparable for the memory's whole life; a learned embedding would
 drift with the model and invalidate the index at every update.
 
 When full, the ``policy`` decides what a new sample replaces (:mod:`lifelong.memory.policies`).
+
+Each payload row's checksum is kept in its slot and snapshotted with it, and every read
+(draws, compaction) checks it: a damaged row is rebuilt from ``inputs`` (the sample
+store's copy) when it can be, else its sample is dropped; it is never returned.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +39,15 @@ from lifelong.memory.index import (
     resolve_device,
     training_size,
 )
-from lifelong.memory.payloads import PayloadLog
+from lifelong.memory.payloads import PayloadLog, row_checksums
 from lifelong.memory.policies import FREE, POLICIES, Policy, admit
 from lifelong.memory.slots import Slots
 from lifelong.memory.snapshot import SnapshotDir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+# 2: payload checksums in the slot table. A format 1 snapshot is migrated on load (see restore).
+FORMAT = 2
 KEY_DIM = 64
 
 
@@ -75,6 +80,9 @@ class RehearsalMemory:
         memory.add(ids, x, y)
         batch = memory.sample(256)
         memory.snapshot(offsets={"lifelong.samples:0": 1200})
+
+    ``inputs`` returns the stored x of each of the ids it is given (None where the sample is
+    gone): damaged payload rows are rebuilt from it. Without it they are dropped.
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class RehearsalMemory:
         seed: int = 0,
         device: Device = "auto",
         nprobe: int = 8,
+        inputs: Callable[[list[str]], Sequence[np.ndarray[Any, Any] | None]] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -105,6 +114,7 @@ class RehearsalMemory:
         self.seed = seed
         # IVF lists a search visits: more finds more of the true neighbours, in proportion slower.
         self.nprobe = nprobe
+        self.inputs = inputs
         # "gpu": searches run on an exact copy of the keys on the GPU (see lifelong.memory.index).
         self.device = resolve_device(device)
         self.dim = min(features, KEY_DIM)
@@ -309,8 +319,9 @@ class RehearsalMemory:
         self, slots: np.ndarray[Any, Any], x: np.ndarray[Any, Any], keys: np.ndarray[Any, Any]
     ) -> None:
         """Append the payloads of newly occupied ``slots`` to the log and their keys to the index."""
-        first = self._log.append(x)
+        first, crcs = self._log.append(x)
         self._slots.row[slots] = np.arange(first, first + len(slots))
+        self._slots.crc[slots] = crcs
         self._index.add(keys, slots)
 
     def _near_duplicates(self, keys: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -365,23 +376,37 @@ class RehearsalMemory:
         slots = [table.slot_of[id] for id in ids if id in table.slot_of]
         found = [table.ids[s] for s in slots]
         if slots:
-            array = np.asarray(slots, dtype=np.int64)
-            self._index.remove(array)
-            self._log.erase(table.row[array])
-            for slot in slots:
-                table.release(slot)
+            self._log.erase(table.row[slots])
+            self._drop(slots)
             self.counters["forgotten"] += len(slots)
             self._forgotten_since_snapshot = True
         return [id for id in found if id is not None]
 
+    def _drop(self, slots: list[int]) -> None:
+        """Remove the samples in ``slots`` from the index and free the slots."""
+        self._index.remove(np.asarray(slots, dtype=np.int64))
+        for slot in slots:
+            self._slots.release(slot)
+
     # -- drawing ---------------------------------------------------------------------------------
 
     def sample(self, n: int, *, balanced: bool = False) -> Replay:
-        """``n`` samples drawn uniformly, or ``balanced`` across the classes held."""
+        """``n`` samples drawn uniformly, or ``balanced`` across the classes held.
+
+        A draw that lost samples (damaged payloads that could not be rebuilt, now dropped) is
+        drawn again from what is left: the result has ``n`` samples while the memory holds them.
+        """
+        while True:  # each pass that loses samples drops at least one: the memory only shrinks
+            slots = self._draw(n, balanced)
+            replay = self._replay(slots)
+            if len(replay.ids) == len(slots):
+                return replay
+
+    def _draw(self, n: int, balanced: bool) -> np.ndarray[Any, Any]:
         if not self.size:
-            return self._replay(np.zeros(0, dtype=np.int64))
+            return np.zeros(0, dtype=np.int64)
         if not balanced:
-            return self._replay(self._slots.occupied.sample(self._rng, n))
+            return self._slots.occupied.sample(self._rng, n)
         labels = [label for label, bag in self._slots.classes.items() if len(bag)]
         shares = np.full(len(labels), n // len(labels))
         shares[: n % len(labels)] += 1
@@ -389,10 +414,13 @@ class RehearsalMemory:
             self._slots.classes[label].sample(self._rng, int(share))
             for label, share in zip(labels, shares, strict=True)
         ]
-        return self._replay(np.concatenate(parts))
+        return np.concatenate(parts)
 
     def select(self, keep: Callable[[str], bool]) -> Replay:
-        """Every stored sample whose id ``keep`` accepts (the gate's held-out slice), in slot order."""
+        """Every stored sample whose id ``keep`` accepts (the gate's held-out slice), in slot order.
+
+        Samples dropped for a damaged payload are not held any more, so not selected.
+        """
         slots = [slot for slot, id in enumerate(self._slots.ids) if id is not None and keep(id)]
         return self._replay(np.asarray(slots, dtype=np.int64))
 
@@ -401,17 +429,24 @@ class RehearsalMemory:
 
         Approximate (the IVF index) once the memory is large enough to train it; ``exact``
         searches every stored key instead (slower; the reference the approximation is measured by).
+        A search that lost samples (damaged payloads, dropped) is made again over what is left.
         """
+        keys = self.keys_of(x)
+        while True:  # as in sample: a pass that loses samples drops at least one
+            slots = self._nearest(keys, k, exact)
+            replay = self._replay(slots)
+            if len(replay.ids) == len(slots):
+                return replay
+
+    def _nearest(self, keys: np.ndarray[Any, Any], k: int, exact: bool) -> np.ndarray[Any, Any]:
         if not self.size:
-            return self._replay(np.zeros(0, dtype=np.int64))
+            return np.zeros(0, dtype=np.int64)
         if exact:
-            keys, occupied = self._slots.held()
-            _, found = exact_knn(self.keys_of(x), keys, min(k, len(occupied)))
-            slots = np.unique(occupied[found[found >= 0]])
-        else:
-            _, found = self._index.search(self.keys_of(x), k)
-            slots = np.unique(found[found >= 0])
-        return self._replay(slots)
+            held, occupied = self._slots.held()
+            _, found = exact_knn(keys, held, min(k, len(occupied)))
+            return np.unique(occupied[found[found >= 0]])
+        _, found = self._index.search(keys, k)
+        return np.unique(found[found >= 0])
 
     def novelty(self, x: np.ndarray[Any, Any], k: int = 5) -> float:
         """How far ``x`` lies from the memory: mean k-NN distance over the memory's own (1.0 = typical)."""
@@ -425,10 +460,75 @@ class RehearsalMemory:
         return new / reference if reference > 0 else float("inf") if new > 0 else 0.0
 
     def _replay(self, slots: np.ndarray[Any, Any]) -> Replay:
+        """The samples in ``slots``, less those dropped for a damaged payload."""
         slots = np.asarray(slots, dtype=np.int64)
+        x, kept = self._payloads(slots)
+        if not kept.all():
+            slots, x = slots[kept], x[kept]
         table = self._slots
-        x = self._log.read(table.row[slots]) if len(slots) else np.zeros((0, self.features), self.dtype)
-        return Replay(ids=[table.ids[s] or "" for s in slots], x=x, y=table.y[slots].copy())
+        return Replay(ids=[table.ids[s] or "" for s in slots.tolist()], x=x, y=table.y[slots].copy())
+
+    def _payloads(self, slots: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """The payloads of occupied ``slots``, each checked, and which slots still hold their sample.
+
+        A damaged row comes back rebuilt (:meth:`_repair`), or its slot is dropped (False in the
+        second array; what the first holds there is garbage).
+        """
+        table = self._slots
+        if not len(slots):
+            return np.zeros((0, self.features), self.dtype), np.ones(0, dtype=bool)
+        x, damaged = self._log.read(table.row[slots], table.crc[slots])
+        if damaged.any():
+            return x, self._repair(slots, x, damaged)
+        return x, np.ones(len(slots), dtype=bool)
+
+    def _repair(
+        self, slots: np.ndarray[Any, Any], x: np.ndarray[Any, Any], damaged: np.ndarray[Any, Any]
+    ) -> np.ndarray[Any, Any]:
+        """Rebuild the ``damaged`` rows of ``x`` from :attr:`inputs`, or drop their samples.
+
+        A rebuilt row is appended to the log with a fresh checksum and its slot pointed at it.
+        Returns which of ``slots`` still hold their sample.
+        """
+        table = self._slots
+        bad = np.unique(slots[damaged]).tolist()
+        ids = [table.ids[slot] or "" for slot in bad]
+        found = [None] * len(ids) if self.inputs is None else list(self.inputs(ids))
+        if len(found) != len(ids):
+            raise ValueError(f"inputs returned {len(found)} rows for {len(ids)} ids")
+        rebuilt: dict[int, int] = {}  # slot -> its row in the values rebuilt
+        values: list[np.ndarray[Any, Any]] = []
+        for slot, row in zip(bad, found, strict=True):
+            flat = None if row is None else np.asarray(row).reshape(-1)
+            if flat is not None and flat.size == self.features:
+                rebuilt[slot] = len(values)
+                values.append(flat)
+        lost = [slot for slot in bad if slot not in rebuilt]
+        if values:
+            data = np.asarray(np.stack(values), dtype=self.dtype)  # as add's rows are stored
+            first, crcs = self._log.append(data)
+            chosen = np.fromiter(rebuilt, dtype=np.int64, count=len(rebuilt))
+            table.row[chosen] = np.arange(first, first + len(chosen))
+            table.crc[chosen] = crcs
+        kept = np.ones(len(slots), dtype=bool)
+        for n in np.flatnonzero(damaged).tolist():
+            at = rebuilt.get(int(slots[n]))
+            if at is None:
+                kept[n] = False
+            else:
+                x[n] = data[at]
+        if lost:
+            self._drop(lost)
+        log.warning(
+            "payload log %s: %d rows damaged (checksum mismatch): %d rebuilt from the stored inputs, "
+            "%d dropped",
+            self._log.path,
+            len(bad),
+            len(rebuilt),
+            len(lost),
+        )
+        self.counters.update(payload_rebuilt=len(rebuilt), payload_dropped=len(lost))
+        return kept
 
     # -- snapshots -------------------------------------------------------------------------------
 
@@ -459,7 +559,10 @@ class RehearsalMemory:
         new.truncate(0)
         for start in range(0, len(slots), 65536):
             chunk = slots[start : start + 65536]
-            first = new.append(old.read(rows[chunk]))
+            x, kept = self._payloads(chunk)  # damaged rows are rebuilt (into the old log) or dropped
+            if not kept.all():
+                chunk, x = chunk[kept], x[kept]
+            first, _ = new.append(x)  # the same bytes: the slots keep their checksums
             rows[chunk] = np.arange(first, first + len(chunk))
         self._log, self._generation = new, self._generation + 1
         old.close()
@@ -470,8 +573,17 @@ class RehearsalMemory:
         return self._snapshots.current()
 
     def restore(self) -> bool:
-        """Load the current snapshot, if there is one; return whether one was loaded."""
-        loaded = self._snapshots.load()
+        """Load the current snapshot, if there is one; return whether one was loaded.
+
+        A format 1 snapshot (before payload checksums) is loaded too, and the checksums of its
+        rows computed from the payload log as it is then: an upgrade keeps the memory, and
+        trusts its rows once, as the version that wrote them did. Its next snapshot is format 2.
+        """
+        migrating = (self._snapshots.manifest() or {}).get("format") == 1
+        snapshots = self._snapshots
+        if migrating:
+            snapshots = SnapshotDir(snapshots.root, kind=snapshots.kind, format=1)
+        loaded = snapshots.load()
         if loaded is None:
             self._log.truncate(0)  # rows of a run that crashed before its first snapshot
             return False
@@ -485,10 +597,22 @@ class RehearsalMemory:
         self._log.close()
         self._reset(generation=manifest["payload_generation"])
         layout.read(self, path, manifest)
+        if migrating:
+            self._checksum_rows()
         for other in self.directory.glob("payload-*.bin"):  # a crash mid-compaction leaves one behind
             if other != self._log.path:
                 other.unlink(missing_ok=True)
         return True
+
+    def _checksum_rows(self) -> None:
+        """Compute the checksums of the held rows (a format 1 snapshot has none)."""
+        slots = self._slots.occupied.array()
+        for start in range(0, len(slots), 65536):
+            chunk = slots[start : start + 65536]
+            rows = self._slots.row[chunk]
+            x, _ = self._log.read(rows, np.zeros(len(rows), np.uint32))  # past the end: damaged at every read
+            self._slots.crc[chunk] = row_checksums(x)
+        log.info("rehearsal memory %s: computed the checksums of %d payload rows", self.directory, len(slots))
 
     def flush(self) -> None:
         """Wait for the payload writes in flight."""

@@ -1,10 +1,10 @@
 """Who is in which slot of a rehearsal memory, and the bags that draws and evictions pick from.
 
 A memory of capacity ``n`` has ``n`` slots. A slot holds one sample's id, label, timestamp,
-search key and the row of its payload in the log; the bags group the occupied slots (all,
-by class, by IVF region) so a uniform draw from any group costs O(1). Nothing here touches
-FAISS or the payload log: :class:`~lifelong.memory.rehearsal.RehearsalMemory` keeps those in
-step with the slots.
+search key, the row of its payload in the log and that row's checksum; the bags group the
+occupied slots (all, by class, by IVF region) so a uniform draw from any group costs O(1).
+Nothing here touches FAISS or the payload log: :class:`~lifelong.memory.rehearsal.RehearsalMemory`
+keeps those in step with the slots.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Slots:
         self.y = np.full(capacity, -1, dtype=np.int64)
         self.ts = np.zeros(capacity, dtype=np.int64)
         self.row = np.full(capacity, -1, dtype=np.int64)  # the payload log row
+        self.crc = np.zeros(capacity, dtype=np.uint32)  # the checksum of that row's bytes
         self.region = np.zeros(capacity, dtype=np.int64)
         self.keys = np.zeros((capacity, dim), dtype=np.float32)
         self.occupied = Bag()
@@ -117,6 +118,7 @@ class Slots:
         """Empty ``slot`` for good: its payload row is gone and the slot is free again."""
         self.vacate(slot)
         self.row[slot] = -1
+        self.crc[slot] = 0
         self.free.append(slot)
 
     def relabel(self, id: str, label: int) -> bool:
@@ -151,7 +153,9 @@ class Slots:
     def write(self, directory: Path) -> None:
         """Write the table into a snapshot ``directory`` (arrays, ids as JSON, bags)."""
         np.save(directory / "keys.npy", self.keys, allow_pickle=False)
-        np.savez(directory / "slots.npz", y=self.y, ts=self.ts, row=self.row, region=self.region)
+        np.savez(
+            directory / "slots.npz", y=self.y, ts=self.ts, row=self.row, crc=self.crc, region=self.region
+        )
         (directory / "ids.json").write_bytes(msgspec.json.encode(self.ids))
         bags: dict[str, Any] = {
             "occupied": self.occupied.array(),
@@ -162,10 +166,15 @@ class Slots:
         np.savez(directory / "bags.npz", **bags)
 
     def read(self, path: Path) -> None:
-        """Load the table :meth:`write` wrote into the snapshot at ``path``."""
+        """Load the table :meth:`write` wrote into the snapshot at ``path``.
+
+        A snapshot of format 1 has no checksums: :attr:`crc` is then all zeros, for the memory to compute.
+        """
         self.keys = np.load(path / "keys.npy", allow_pickle=False)
         with np.load(path / "slots.npz", allow_pickle=False) as arrays:
             self.y, self.ts, self.row, self.region = (arrays[k] for k in ("y", "ts", "row", "region"))
+            has_crc = "crc" in arrays.files
+            self.crc = arrays["crc"] if has_crc else np.zeros(self.capacity, dtype=np.uint32)
         self.ids = msgspec.json.decode((path / "ids.json").read_bytes(), type=list[str | None])
         with np.load(path / "bags.npz", allow_pickle=False) as bags:
             self.occupied = Bag()
