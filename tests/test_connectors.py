@@ -5,16 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from lifelong.connectors.base import Batch, DeadLetter, DeadLetterSink, Record, Source, TopicPartition
 from lifelong.connectors.broker import EmbeddedBroker
-from lifelong.connectors.headers import REASON, source_of
+from lifelong.connectors.fetcher import _columns
+from lifelong.connectors.headers import REASON, SOURCE_OFFSET, dead_letter_headers, source_of
 from lifelong.connectors.kafka import KafkaSource, ensure_topics
 from lifelong.connectors.kafka_topics import KafkaDeadLetterSink
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemorySource
+from lifelong.events import TopicDecoder, encode_sample
 
 
 @dataclass
@@ -140,3 +143,67 @@ def test_sink_delivers_reasons_and_finds_them_again(bus: Bus) -> None:
     assert {source_of(r.headers) for r in delivered} == {("src", 1, 3), ("src", 1, 4)}
     assert sink.sent_since(dict(ends)) == {("src", 1, 4)}
     assert sink.sent_since({}) == {("src", 1, 3), ("src", 1, 4)}
+
+
+FORGED = (("lifelong.reason", b"forged"), ("lifelong.source.offset", b"999"), ("trace", b"t1"))
+
+
+def test_a_producers_lifelong_headers_are_kept_as_original() -> None:
+    letter = DeadLetter(Record("src", 1, 7, b"bad", b"k", 5, FORGED), "not_json", "broken")
+    headers = dead_letter_headers(letter)
+    ours = [(name, value) for name, value in headers if name.startswith("lifelong.")]
+    assert [value for name, value in ours if name == REASON] == [b"not_json"]
+    assert [value for name, value in ours if name == SOURCE_OFFSET] == [b"7"]
+    assert len({name for name, _ in ours}) == len(ours)  # each of ours once, none of the producer's
+    assert headers[:3] == [
+        ("original.lifelong.reason", b"forged"),
+        ("original.lifelong.source.offset", b"999"),
+        ("trace", b"t1"),
+    ]
+    assert source_of(headers) == ("src", 1, 7)
+
+
+def test_sink_keeps_forged_headers_apart_from_its_own(bus: Bus) -> None:
+    topic = bus.topic("dead")
+    sink = bus.sink(topic)
+    sink.send([DeadLetter(Record("src", 0, 3, b"bad", b"k", 5, FORGED), "bad_x", "broken")])
+    [delivered] = bus.read(topic)
+    first: dict[str, bytes] = {}
+    for name, value in delivered.headers:
+        first.setdefault(name, value)
+    assert first[REASON] == b"bad_x" and first[SOURCE_OFFSET] == b"3"
+    assert first["original.lifelong.reason"] == b"forged" and first["trace"] == b"t1"
+    assert source_of(delivered.headers) == ("src", 0, 3)
+    assert sink.sent_since({}) == {("src", 0, 3)}
+
+
+class Polled(NamedTuple):
+    """What kafka-python's poll gives the fetcher, as far as it reads it."""
+
+    offset: int
+    timestamp: int
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def test_fetcher_decodes_one_by_one_when_a_batch_raises() -> None:
+    decode = TopicDecoder(samples_topic="s", feedback_topic="f", features=2, max_classes=3)
+
+    def fragile(topic: str, values: list[bytes | None]) -> object:
+        if b"poison" in values:
+            raise RuntimeError(f"cannot decode {b'poison'!r}")
+        return decode(topic, values)
+
+    values = [encode_sample("a", [0, 1], 1), b"poison", b"{not json", encode_sample("b", [1, 0])]
+    records = [Polled(10 + i, 100 + i, value, b"k%d" % i) for i, value in enumerate(values)]
+    columns = _columns("s", 0, records, fragile)
+    decoded = columns[-1]
+    assert [row[0] for row in decoded.rows] == ["a", "b"] and decoded.positions == [0, 3]
+    assert decoded.rejections[0] == (
+        1,
+        "undecodable",
+        "decoding raised RuntimeError: cannot decode b'poison'",
+    )
+    assert [(i, reason) for i, reason, _ in decoded.rejections] == [(1, "undecodable"), (2, "not_json")]
+    assert columns[3] == [None, b"poison", b"{not json", None]  # raw bytes travel for the rejected only

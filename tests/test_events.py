@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifelong.events import (
+    MAX_DEPTH,
     Decoder,
     Feedback,
     Reason,
     Rejection,
     Sample,
+    TopicDecoder,
     encode_feedback,
     encode_sample,
 )
@@ -180,3 +182,221 @@ def test_encoded_samples_decode_back(id: str, x: list[float], y: int | None) -> 
     assert isinstance(event, Sample)
     assert (event.id, event.y) == (id, y)
     assert event.x.tolist() == np.array(x, dtype=np.float32).tolist()
+
+
+# Poison pills: nesting deeper than MAX_DEPTH, and whatever else could make decoding raise.
+
+ROOMY = Decoder(features=4, max_classes=3, max_message_bytes=1 << 22)
+TOPICS = TopicDecoder(
+    samples_topic="s", feedback_topic="f", features=4, max_classes=3, max_message_bytes=1 << 22
+)
+
+
+def nested(levels: int, kind: str) -> bytes:
+    if kind == "arrays":
+        return b"[" * levels + b"1" + b"]" * levels
+    return b'{"k":' * levels + b"1" + b"}" * levels
+
+
+def decode_every_way(topic: str, value: bytes | None) -> list[object]:
+    """Every way a message on ``topic`` is decoded: each Decoder method, and in a TopicDecoder batch."""
+    methods = (ROOMY.decode_feedback,) if topic == "f" else (ROOMY.decode_sample, ROOMY.decode_sample_row)
+    events: list[object] = [decode(value) for decode in methods]
+    batch = TOPICS(topic, [value])
+    events.extend(Rejection(Reason(reason), detail) for _, reason, detail in batch.rejections)
+    events.extend(batch.rows)
+    assert len(batch.rows) + len(batch.rejections) == 1
+    return events
+
+
+def deep_message(topic: str, field: str, levels: int, kind: str) -> bytes:
+    pairs = {"id": b'"a"', "x": b"[0, 1, 2, 3]"} if topic == "s" else {"id": b'"a"', "y": b"1"}
+    pairs[field] = nested(levels, kind)
+    return b"{" + b", ".join(b'"%s": %s' % (k.encode(), v) for k, v in pairs.items()) + b"}"
+
+
+@pytest.mark.parametrize("levels", [1_000, 100_000])
+@pytest.mark.parametrize("kind", ["arrays", "objects"])
+@pytest.mark.parametrize(
+    ("topic", "field"),
+    [("s", "meta"), ("s", "unknown"), ("s", "x"), ("s", "id"), ("f", "meta"), ("f", "y"), ("f", "id")],
+)
+def test_deep_nesting_is_rejected_as_too_deep(topic: str, field: str, kind: str, levels: int) -> None:
+    value = deep_message(topic, field, levels, kind)
+    for event in decode_every_way(topic, value):
+        assert isinstance(event, Rejection) and event.reason is Reason.TOO_DEEP, event
+        assert f"nest {levels + 1} levels" in event.detail and f"MAX_DEPTH={MAX_DEPTH}" in event.detail
+
+
+def test_a_whole_message_nested_too_deep_is_rejected() -> None:
+    for topic in ("s", "f"):
+        for event in decode_every_way(topic, nested(5_000, "arrays")):
+            assert isinstance(event, Rejection) and event.reason is Reason.TOO_DEEP, event
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    # The message's own object is level 1, so meta may nest MAX_DEPTH - 1 levels.
+    deepest = {"id": "a", "x": [0, 1, 2, 3], "meta": json.loads(nested(MAX_DEPTH - 1, "objects"))}
+    event = ROOMY.decode_sample(json.dumps(deepest).encode())
+    assert isinstance(event, Sample) and event.meta == deepest["meta"]
+    deeper = {**deepest, "meta": {"k": deepest["meta"]}}
+    event = ROOMY.decode_sample(json.dumps(deeper).encode())
+    assert isinstance(event, Rejection) and event.reason is Reason.TOO_DEEP
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 5_000, '\\"' + "{" * 5_000, "\\\\" * 3 + "[[" * 2_000, "}" * 100 + "[" * 100],
+    ids=["brackets", "escaped quote", "escaped backslashes", "closers first"],
+)
+def test_brackets_inside_strings_do_not_count(text: str) -> None:
+    value = json.dumps({"id": text[:500], "x": [0, 1, 2, 3], "meta": {"s": text, text: [text]}}).encode()
+    event = ROOMY.decode_sample(value)
+    assert isinstance(event, Sample) and event.meta == {"s": text, text: [text]}
+
+
+class Raising:
+    """Stands in for msgspec's decoder, raising what a decoder was never expected to."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def decode(self, value: bytes) -> object:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (RuntimeError("boom from msgspec"), Reason.UNDECODABLE),
+        (MemoryError("boom from msgspec"), Reason.UNDECODABLE),
+        (RecursionError("boom from msgspec"), Reason.TOO_DEEP),  # below MAX_DEPTH, on a short stack
+    ],
+    ids=["RuntimeError", "MemoryError", "RecursionError"],
+)
+def test_any_exception_while_decoding_rejects_the_message(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, reason: Reason
+) -> None:
+    decoder = Decoder(features=4, max_classes=3)
+    monkeypatch.setattr(decoder, "_samples", Raising(error))
+    monkeypatch.setattr(decoder, "_feedback", Raising(error))
+    events = [
+        decoder.decode_sample(sample(y=1)),
+        decoder.decode_sample_row(sample(y=1)),
+        decoder.decode_feedback(encode_feedback("a", 1)),
+    ]
+    for event in events:
+        assert isinstance(event, Rejection) and event.reason is reason, event
+        assert "boom from msgspec" in event.detail
+        if reason is Reason.UNDECODABLE:
+            assert event.detail == f"decoding raised {type(error).__name__}: boom from msgspec"
+
+
+def test_one_message_raising_never_fails_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    topics = TopicDecoder(samples_topic="s", feedback_topic="f", features=4, max_classes=3)
+    row = topics.decoder.decode_sample_row
+
+    def fragile(value: bytes | None) -> object:
+        if value == b"poison":
+            raise RuntimeError(f"cannot decode {value!r}")
+        return row(value)
+
+    monkeypatch.setattr(topics.decoder, "decode_sample_row", fragile)
+    decoded = topics("s", [sample(id="a"), b"poison", sample(id="b")])
+    assert [r[0] for r in decoded.rows] == ["a", "b"] and decoded.positions == [0, 2]
+    assert decoded.rejections == [(1, "undecodable", "decoding raised RuntimeError: cannot decode b'poison'")]
+
+
+# Adversarial JSON text, written out by hand so that it may nest deeper than Python's json can
+# write, repeat keys, and hold lone surrogates or bytes that are not UTF-8. Each value comes with
+# how deeply it nests.
+Text = tuple[bytes, int]
+FIELDS = ["id", "x", "y", "ts", "meta", "v", "dtype", "b64", "extra"]
+
+leaves: st.SearchStrategy[Text] = st.one_of(
+    st.sampled_from(
+        [
+            b"null",
+            b"true",
+            b"false",
+            b"0",
+            b"-0",
+            b"1.5",
+            b"1e999",
+            b"-1e999",
+            b"1e-999",
+            b"NaN",
+            b"-Infinity",
+            b'""',
+            b'"\\ud800"',
+            b'"\\udfff\\ud800"',
+            b'"\\u0000"',
+            b'"[[{{"',
+            b'"\\\\"',
+            b'"\\"[[["',
+            b'"\\\\\\"{"',
+        ]
+    ),
+    st.integers(-(10**40), 10**40).map(lambda i: str(i).encode()),
+    st.integers(1, 5_000).map(lambda digits: b"9" * digits),  # no integer or float holds it
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: repr(f).encode()),
+    st.text().map(lambda s: json.dumps(s).encode()),
+    st.text().map(lambda s: json.dumps(s, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+).map(lambda raw: (raw, 0))
+
+
+@st.composite
+def deep(draw: st.DrawFn, inner: st.SearchStrategy[Text]) -> Text:
+    raw, depth = draw(inner)
+    levels = draw(st.integers(1, 3_000))
+    if draw(st.booleans()):
+        return b"[" * levels + raw + b"]" * levels, depth + levels
+    key = json.dumps(draw(st.sampled_from(FIELDS))).encode()
+    return (b"{" + key + b":") * levels + raw + b"}" * levels, depth + levels
+
+
+def obj(pairs: list[tuple[str, Text]]) -> Text:
+    raw = b"{" + b",".join(json.dumps(key).encode() + b":" + value for key, (value, _) in pairs) + b"}"
+    return raw, 1 + max((depth for _, (_, depth) in pairs), default=0)
+
+
+def containers(children: st.SearchStrategy[Text]) -> st.SearchStrategy[Text]:
+    arrays = st.lists(children, max_size=5).map(
+        lambda items: (
+            b"[" + b",".join(raw for raw, _ in items) + b"]",
+            1 + max((d for _, d in items), default=0),
+        )
+    )
+    objects = st.lists(st.tuples(st.sampled_from(FIELDS), children), max_size=5).map(obj)  # keys may repeat
+    return arrays | objects | deep(children)
+
+
+json_texts = st.recursive(leaves, containers, max_leaves=12)
+
+
+@st.composite
+def messages(draw: st.DrawFn, topic: str) -> Text:
+    """A valid message of ``topic`` with some fields replaced, repeated or added, by adversarial values."""
+    pairs: list[tuple[str, Text]] = [("id", (b'"a"', 0))]
+    pairs.append(("x", (b"[0,1,2,3]", 1)) if topic == "s" else ("y", (b"1", 0)))
+    for _ in range(draw(st.integers(1, 4))):
+        field, value = draw(st.sampled_from(FIELDS)), draw(json_texts)
+        at = draw(st.integers(0, len(pairs)))
+        if draw(st.booleans()) and at < len(pairs):
+            pairs[at] = (field, value)
+        else:
+            pairs.insert(at, (field, value))  # a new field, or a key repeated
+    return obj(pairs)
+
+
+@pytest.mark.parametrize("topic", ["s", "f"], ids=["samples", "feedback"])
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_no_adversarial_message_escapes_the_decoder(topic: str, data: st.DataObject) -> None:
+    value, depth = data.draw(messages(topic))
+    for event in decode_every_way(topic, value):
+        assert isinstance(event, (Sample, Feedback, tuple, Rejection))
+        too_deep = isinstance(event, Rejection) and event.reason is Reason.TOO_DEEP
+        assert too_deep == (depth > MAX_DEPTH), (depth, event)
+        # The catch-all is for what nobody foresaw: none of these should need it.
+        assert not (isinstance(event, Rejection) and event.reason is Reason.UNDECODABLE), event

@@ -13,8 +13,9 @@ import time
 import pytest
 
 from lifelong.connectors.headers import REASON, source_of
+from lifelong.events import encode_feedback, encode_sample
 from tests.kafka_setup import CLI
-from tests.streams import expected_reasons, stream
+from tests.streams import FEATURES, MAX_CLASSES, expected_reasons, stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -96,6 +97,36 @@ def test_burst_stores_everything_once_and_dead_letters_the_rest(setup) -> None: 
     after = run.status()
     assert (after["samples"], after["memory"]["size"]) == (998, 998)
     assert "s1" not in run.labels()
+
+
+def test_burst_dead_letters_deeply_nested_messages_and_reads_on(setup) -> None:  # type: ignore[no-untyped-def]
+    run = setup("deep")
+    zeros = ",".join(["0"] * FEATURES).encode()
+    deep_sample = b'{"id": "deep", "x": [%s], "meta": {"a": %s}}' % (zeros, b"[" * 2000 + b"]" * 2000)
+    deep_feedback = b'{"id": "g1", "y": 0, "extra": %s}' % (b'{"a": ' * 2000 + b"1" + b"}" * 2000)
+    good = [("samples", f"g{i}".encode(), encode_sample(f"g{i}", [0.5] * FEATURES, i)) for i in range(4)]
+    run.produce(
+        [
+            *good[:2],
+            ("samples", b"deep", deep_sample),
+            *good[2:],
+            ("feedback", b"g1", encode_feedback("g1", MAX_CLASSES - 1)),
+            ("feedback", b"g1", deep_feedback),
+            ("feedback", b"g2", encode_feedback("g2", MAX_CLASSES - 1)),
+        ]
+    )
+    # Room for the deep messages, so that depth and not size rejects them.
+    env = {**os.environ, "LIFELONG_DATA__MAX_MESSAGE_BYTES": str(1 << 16)}
+
+    done = run.run("run", "--burst", env=env)
+    assert done.returncode == 0, done.stderr
+    status = run.status()
+    assert (status["samples"], status["dead_letters_by_reason"]) == (4, {"too_deep": 2})
+    assert run.labels() == {"g0": 0, "g1": MAX_CLASSES - 1, "g2": MAX_CLASSES - 1, "g3": 3}
+    letters = run.dead_letters()
+    assert sorted(letter.value for letter in letters) == sorted([deep_sample, deep_feedback])
+    assert [dict(letter.headers)[REASON] for letter in letters] == [b"too_deep", b"too_deep"]
+    assert {source_of(letter.headers)[0] for letter in letters} == {run.samples, run.feedback}  # type: ignore[index]
 
 
 def test_kill_9_three_times_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]

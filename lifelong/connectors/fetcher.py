@@ -3,7 +3,9 @@
 :class:`~lifelong.connectors.kafka.KafkaSource` starts one per share as
 ``python -m lifelong.connectors.fetcher INBOX OUTBOX`` (two pipe descriptors). It
 polls, decodes each batch with the daemon's decoder, and sends the columns back
-pickled; the daemon sends ``("commit", positions)`` and ``("stop", None)``.
+pickled; the daemon sends ``("commit", positions)`` and ``("stop", None)``. No
+record stops it: should decoding a batch raise, the records are decoded one by
+one and those that still raise are rejected (``undecodable``).
 Parsing records holds the GIL, so this runs in its own process, not a thread.
 """
 
@@ -26,6 +28,7 @@ from kafka.errors import KafkaError, UnknownTopicOrPartitionError
 from kafka.structs import OffsetAndMetadata
 
 from lifelong.connectors.base import TopicPartition
+from lifelong.events import Decoded, Reason
 
 _IDLE_POLL_MS = 200
 # Decoded batches a fetcher may hold for the daemon beyond the pipe's buffer (each up to a few MB).
@@ -145,7 +148,7 @@ def _columns(topic: str, partition: int, records: list[Any], decode: Any) -> tup
             [r.key for r in records],
             [tuple(r.headers) if r.headers else () for r in records],
         )
-    decoded = decode(topic, values)
+    decoded = _decode(decode, topic, values)
     keep: list[Any] = [None] * len(records)
     keys = [None] * len(records)
     headers: list[Any] = [()] * len(records)
@@ -154,6 +157,35 @@ def _columns(topic: str, partition: int, records: list[Any], decode: Any) -> tup
         keep[position], keys[position] = record.value, record.key
         headers[position] = tuple(record.headers) if record.headers else ()
     return (topic, partition, offsets, keep, timestamps, keys, headers, decoded)
+
+
+def _decode(decode: Any, topic: str, values: list[bytes | None]) -> Decoded:
+    """``decode`` the batch; should that raise, each record alone, rejecting those that still raise.
+
+    The decoder turns a message's exception into its rejection already; this keeps one
+    that escapes anyway from stopping the fetcher, and with it the daemon, on every restart.
+    """
+    try:
+        decoded: Decoded = decode(topic, values)
+        return decoded
+    except Exception:
+        pass
+    feedback = False
+    rows: list[Any] = []
+    positions: list[int] = []
+    rejections: list[tuple[int, str, str]] = []
+    for position, value in enumerate(values):
+        try:
+            one: Decoded = decode(topic, [value])
+        except Exception as error:
+            detail = f"decoding raised {type(error).__name__}: {error}"
+            rejections.append((position, Reason.UNDECODABLE.value, detail))
+            continue
+        feedback = one.feedback
+        rows += one.rows
+        positions += [position] * len(one.rows)
+        rejections += [(position, reason, detail) for _, reason, detail in one.rejections]
+    return Decoded(feedback, rows, positions, rejections)
 
 
 def _connect(config: dict[str, Any]) -> Any:

@@ -1,4 +1,9 @@
-"""The dead-letter headers: why a record was rejected and where it was read."""
+"""The dead-letter headers: why a record was rejected and where it was read.
+
+Every ``lifelong.*`` header on a dead letter is the daemon's: a producer's own
+headers of that name are kept renamed ``original.lifelong.*``, so none can forge
+a reason or a source.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,18 @@ SOURCE_TOPIC = "lifelong.source.topic"
 SOURCE_PARTITION = "lifelong.source.partition"
 SOURCE_OFFSET = "lifelong.source.offset"
 SOURCE_TIMESTAMP = "lifelong.source.timestamp"
+OURS = "lifelong."
+ORIGINAL = "original."
 
 
 def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """Headers for ``letter``: reason code, detail, source topic, partition, offset, timestamp."""
+    """Headers for ``letter``: its record's own, then the reason, detail and source position.
+
+    The record's own headers named ``lifelong.*`` are renamed ``original.lifelong.*``.
+    """
     record = letter.record
-    # The record's own headers first, so ours win in source_of if it already carried some.
     return [
-        *record.headers,
+        *((ORIGINAL + name if name.startswith(OURS) else name, value) for name, value in record.headers),
         (REASON, letter.reason.encode()),
         (DETAIL, letter.detail.encode("utf-8", "replace")[:1024]),
         (SOURCE_TOPIC, record.topic.encode()),
@@ -31,6 +40,8 @@ def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
 
 def source_of(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str, int, int] | None:
     """The (topic, partition, offset) a dead letter came from, or None if not one of ours."""
+    # Only the daemon writes lifelong.* headers. Where a letter written before the renaming holds
+    # a producer's too, the daemon's came last, and the last one read wins.
     found = {name: value for name, value in headers if value is not None}
     try:
         return (
