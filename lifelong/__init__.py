@@ -5,7 +5,14 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from lifelong.config import Settings, load_settings
-from lifelong.errors import ConfigError, LifelongError, MissingExtraError, StateError
+from lifelong.errors import (
+    ConfigError,
+    DiskFull,
+    LifelongError,
+    MissingExtraError,
+    StateDamaged,
+    StateError,
+)
 from lifelong.events import Decoder, Feedback, Reason, Rejection, Sample
 
 try:
@@ -16,6 +23,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "ConfigError",
     "Decoder",
+    "DiskFull",
     "Feedback",
     "LifelongError",
     "MissingExtraError",
@@ -23,6 +31,7 @@ __all__ = [
     "Rejection",
     "Sample",
     "Settings",
+    "StateDamaged",
     "StateError",
     "__version__",
     "load_settings",

@@ -47,6 +47,9 @@ class KafkaSettings(_Section):
     # each reading a share of the partitions.
     fetchers: int = Field(2, ge=1)
     request_timeout_ms: int = Field(30_000, ge=1000)
+    # The longest one broker call may hold the consumer loop (delivering dead letters, reading
+    # them back); the readiness probe waits this long, at most, for the broker to answer.
+    call_timeout_s: float = Field(5.0, gt=0, le=60)
     # Passed through to kafka-python for production clusters.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None

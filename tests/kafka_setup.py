@@ -60,6 +60,7 @@ class Setup:
                 "dead_letter_topic": self.dead,
                 "group_id": self.group,
                 "models_topic": self.models,
+                "topic_partitions": 2,
             },
             data={"features": FEATURES, "max_classes": MAX_CLASSES, "max_message_bytes": MAX_MESSAGE_BYTES},
             **{

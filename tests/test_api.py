@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from lifelong.daemon.api import DeferredAdmin, HttpApi, HttpServer
+from lifelong.daemon.api import DeferredAdmin, HttpApi
+from lifelong.daemon.http import HttpServer
 from lifelong.errors import StateError, VersionNotFoundError
 
 TOKEN = "s3cret-token"

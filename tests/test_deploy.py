@@ -20,7 +20,7 @@ from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.connectors.broker import free_port
 from lifelong.daemon.api import HttpApi
-from lifelong.daemon.metrics import Metrics
+from lifelong.daemon.metrics import KnownGauge, Metrics
 from tests.kafka_setup import Running, Setup, events, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -70,9 +70,12 @@ def metric_names(expr: str) -> set[str]:
 
 
 def exported_names() -> set[str]:
-    """Every series name a fresh daemon's metrics can expose."""
+    """Every series name the daemon's metrics can expose (gauges absent until known given a value)."""
     registry = CollectorRegistry()
-    Metrics(registry=registry)
+    metrics = Metrics(registry=registry)
+    for gauge in vars(metrics).values():
+        if isinstance(gauge, KnownGauge):
+            gauge.set(1.0)
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     return {f.name + suffix for f in registry.collect() for suffix in suffixes.get(f.type, [""])}
 

@@ -94,6 +94,11 @@ class EmbeddedBroker:
         """``host:port`` for Kafka clients."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (to freeze it with SIGSTOP in fault tests)."""
+        return None if self._process is None else self._process.pid
+
     def start(self) -> None:
         """Start the broker and wait until it accepts connections."""
         if self._process is not None:

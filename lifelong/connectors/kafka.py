@@ -15,6 +15,8 @@ import logging
 import os
 import pickle
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -43,7 +45,11 @@ class FetcherExited(LifelongError, RuntimeError):
 def ensure_topics(
     *, client_options: Mapping[str, Any], topics: Sequence[str], partitions: int = 1
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
+    """Create the topics that do not exist yet; return the ones created.
+
+    A topic that exists with another partition count than ``partitions`` is left as it is, with a
+    warning: a producer that started before the daemon gets the broker's default count.
+    """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -55,7 +61,8 @@ def ensure_topics(
             f"cannot reach Kafka at {client_options.get('bootstrap_servers')}: {error!r}"
         ) from None
     try:
-        missing = [t for t in topics if t not in set(admin.list_topics())]
+        listed = set(admin.list_topics())
+        missing = [t for t in topics if t not in listed]
         created = []
         for topic in missing:
             try:
@@ -63,9 +70,31 @@ def ensure_topics(
                 created.append(topic)
             except TopicAlreadyExistsError:
                 pass
+        existing = [t for t in topics if t not in created]
+        if existing:
+            _warn_partitions(admin.describe_topics(existing), partitions)
         return created
+    except KafkaError as error:
+        raise BrokerUnavailable(
+            f"cannot create topics on Kafka at {client_options.get('bootstrap_servers')}: {error!r}"
+        ) from None
     finally:
         admin.close()
+
+
+def _warn_partitions(described: Sequence[Mapping[str, Any]], partitions: int) -> None:
+    for topic in described:
+        found = len(topic.get("partitions") or ())
+        if found and found != partitions:
+            log.warning(
+                "topic %r has %d partitions, [kafka] topic_partitions is %d: it was created before the "
+                "daemon created it (a producer that starts first gets the broker's default count); "
+                "it is used as it is. Start producers once /readyz answers 200, or create the topics "
+                "beforehand",
+                topic.get("name"),
+                found,
+                partitions,
+            )
 
 
 class KafkaSource:
@@ -95,6 +124,7 @@ class KafkaSource:
         fetchers: int = 2,
         decode: Callable[[str, list[bytes | None]], Any] | None = None,
         start_timeout_s: float = 60.0,
+        probe_timeout_s: float = 5.0,
     ) -> None:
         if fetchers < 1:
             raise ValueError(f"fetchers must be >= 1, got {fetchers!r}")
@@ -107,7 +137,11 @@ class KafkaSource:
         self._highwater: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
         self._connected = False
-        self._probe = _Probe(self.client_options["bootstrap_servers"])
+        self._probe = _Probe(
+            self.client_options["bootstrap_servers"],
+            timeout_s=probe_timeout_s,
+            tls=probe_tls(self.client_options),
+        )
         self._ready: set[int] = set()
         self._early: list[Batch] = []
         self._children = [
@@ -130,7 +164,7 @@ class KafkaSource:
 
     @property
     def connected(self) -> bool:
-        """Whether a bootstrap server accepts connections and the fetchers' last polls did not fail."""
+        """Whether a bootstrap server answered the last probe and the fetchers' last polls did not fail."""
         return self._connected and self._probe.reachable
 
     def _await_ready(self, timeout_s: float) -> None:
@@ -195,20 +229,35 @@ class KafkaSource:
             child.close()
 
 
-class _Probe:
-    """Whether a TCP connection to one of the bootstrap servers opens, checked on a thread.
+# An ApiVersions request (key 18, version 0, correlation id 1, client id "lifelong-probe"): the one
+# request every Kafka broker answers before authentication, so a reply means the broker is serving.
+_CLIENT_ID = b"lifelong-probe"
+_API_VERSIONS = struct.pack(">hhih", 18, 0, 1, len(_CLIENT_ID)) + _CLIENT_ID
+_API_VERSIONS_REQUEST = struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS
 
-    A fetcher's consumer retries quietly while the cluster is away; this is what
-    readiness can see meanwhile, without ever blocking the consumer loop.
+
+class _Probe:
+    """Whether a bootstrap server answers a request within ``timeout_s``, checked on a thread.
+
+    A connection alone proves little: a frozen or overloaded broker's kernel still accepts
+    connections. The probe sends an ApiVersions request (over TLS where the cluster uses it) and
+    waits for the reply, so readiness falls within ``interval_s + timeout_s`` of a broker that stops
+    answering, without ever blocking the consumer loop.
     """
 
     def __init__(
-        self, servers: str | Sequence[str], *, interval_s: float = 2.0, timeout_s: float = 2.0
+        self,
+        servers: str | Sequence[str],
+        *,
+        interval_s: float = 2.0,
+        timeout_s: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         listed = servers.split(",") if isinstance(servers, str) else list(servers)
         self.addresses = [(host, int(port)) for host, _, port in (s.strip().rpartition(":") for s in listed)]
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.tls = tls
         self.reachable = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lifelong-broker-probe", daemon=True)
@@ -216,24 +265,50 @@ class _Probe:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            reachable = any(self._opens(address) for address in self.addresses)
+            reachable = any(self._answers(address) for address in self.addresses)
             if reachable != self.reachable:
                 log.log(
                     logging.INFO if reachable else logging.WARNING,
                     "Kafka %s",
-                    "reachable again" if reachable else f"unreachable at {self.addresses}",
+                    "answers again"
+                    if reachable
+                    else f"does not answer at {self.addresses} within {self.timeout_s:g}s",
                 )
             self.reachable = reachable
 
-    def _opens(self, address: tuple[str, int]) -> bool:
+    def _answers(self, address: tuple[str, int]) -> bool:
+        deadline = time.monotonic() + self.timeout_s
         try:
-            with socket.create_connection(address, timeout=self.timeout_s):
-                return True
-        except OSError:
+            with socket.create_connection(address, timeout=self.timeout_s) as raw:
+                conn = raw if self.tls is None else self.tls.wrap_socket(raw, server_hostname=address[0])
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
+                conn.sendall(_API_VERSIONS_REQUEST)
+                reply = b""
+                while len(reply) < 8:  # size and correlation id: the broker read and answered
+                    conn.settimeout(max(0.01, deadline - time.monotonic()))
+                    chunk = conn.recv(8 - len(reply))
+                    if not chunk:
+                        return False
+                    reply += chunk
+                return bool(struct.unpack(">i", reply[4:8])[0] == 1)
+        except (OSError, ssl.SSLError):  # refused, reset, timed out
             return False
 
     def close(self) -> None:
         self._stop.set()
+
+
+def probe_tls(client_options: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """A TLS context for the readiness probe when the cluster speaks TLS (it only asks; trusts nothing)."""
+    if client_options.get("security_protocol") not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(cafile=client_options.get("ssl_cafile"))
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the probe sends nothing secret and reads only a header
+    certfile = client_options.get("ssl_certfile")
+    if certfile:
+        context.load_cert_chain(certfile, client_options.get("ssl_keyfile"))
+    return context
 
 
 class _Fetcher:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,8 +19,36 @@ from lifelong.connectors.kafka import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 
+def close_producer(producer: Any, timeout_s: float) -> bool:
+    """Deliver what ``producer`` buffers within ``timeout_s``, then close it; whether all was delivered.
+
+    kafka-python's own ``close`` raises when its flush times out and then leaves the I/O thread
+    running, which keeps the process from exiting; here what is left is abandoned instead.
+    """
+    from kafka.errors import KafkaError
+
+    try:
+        producer.flush(timeout=timeout_s)
+        delivered = True
+    except KafkaError:
+        delivered = False
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:  # fail what is buffered, so the close below does not wait for it
+            sender.force_close()
+            sender.join(timeout_s)
+    try:
+        producer.close(timeout=timeout_s if delivered else 0)
+    except KafkaError as error:
+        log.warning("the Kafka producer did not close cleanly: %r", error)
+    return delivered
+
+
 class KafkaDeadLetterSink:
-    """Produces dead letters to a topic with reason and source headers, acknowledged by all replicas."""
+    """Produces dead letters to a topic with reason and source headers, acknowledged by all replicas.
+
+    No call waits for the cluster longer than ``timeout_s``: what is not acknowledged by then
+    raises :class:`BrokerUnavailable`, and the caller keeps the batch to send again.
+    """
 
     def __init__(
         self,
@@ -27,7 +56,7 @@ class KafkaDeadLetterSink:
         topic: str,
         client_options: Mapping[str, Any],
         max_value_bytes: int = 900_000,
-        timeout_s: float = 60.0,
+        timeout_s: float = 5.0,
     ) -> None:
         from kafka import KafkaProducer
 
@@ -35,12 +64,15 @@ class KafkaDeadLetterSink:
         self.client_options = dict(client_options)
         self.max_value_bytes = max_value_bytes
         self.timeout_s = timeout_s
-        self._producer = KafkaProducer(acks="all", linger_ms=5, **self.client_options)
+        self._producer = KafkaProducer(
+            acks="all", linger_ms=5, max_block_ms=int(timeout_s * 1000), **self.client_options
+        )
 
     def send(self, letters: Sequence[DeadLetter]) -> Mapping[int, int]:
         """Deliver and flush; return the next offset of each partition written."""
         from kafka.errors import KafkaError
 
+        deadline = time.monotonic() + self.timeout_s
         futures = []
         try:
             for letter in letters:
@@ -53,13 +85,13 @@ class KafkaDeadLetterSink:
                 futures.append(
                     self._producer.send(self.topic, value=value, key=letter.record.key, headers=headers)
                 )
-            self._producer.flush(timeout=self.timeout_s)
+            self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaError as error:
             raise BrokerUnavailable(f"dead letters not delivered to {self.topic!r}: {error!r}") from None
         ends: dict[int, int] = {}
         for future in futures:
             try:
-                metadata = future.get(timeout=self.timeout_s)
+                metadata = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except Exception as error:
                 raise BrokerUnavailable(f"dead letter not delivered to {self.topic!r}: {error!r}") from None
             ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
@@ -70,6 +102,9 @@ class KafkaDeadLetterSink:
         from kafka.errors import KafkaError
 
         try:
+            # Letters of a send that timed out may still be buffered: settle them before reading back,
+            # or one delivered after the read would go out twice.
+            self._producer.flush(timeout=self.timeout_s)
             return self._sent_since(positions)
         except KafkaError as error:
             raise BrokerUnavailable(f"cannot read back {self.topic!r}: {error!r}") from None
@@ -78,21 +113,21 @@ class KafkaDeadLetterSink:
         from kafka import KafkaConsumer
         from kafka import TopicPartition as KafkaTP
 
+        deadline = time.monotonic() + self.timeout_s
         consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **self.client_options)
         try:
             found_partitions = consumer.partitions_for_topic(self.topic) or set()
             partitions = [KafkaTP(self.topic, p) for p in sorted(found_partitions)]
             if not partitions:
                 return set()
-            ends = consumer.end_offsets(partitions)
+            ends = consumer.end_offsets(partitions, timeout_ms=int(self.timeout_s * 1000))
             todo = [tp for tp in partitions if ends[tp] > positions.get(tp.partition, 0)]
             consumer.assign(todo)
             for tp in todo:
                 consumer.seek(tp, positions.get(tp.partition, 0))
             found: set[tuple[str, int, int]] = set()
-            deadline = time.monotonic() + self.timeout_s
             while todo and time.monotonic() < deadline:
-                for records in consumer.poll(timeout_ms=500).values():
+                for records in consumer.poll(timeout_ms=200).values():
                     for record in records:
                         source = source_of(record.headers)
                         if source is not None:
@@ -105,8 +140,17 @@ class KafkaDeadLetterSink:
             consumer.close(autocommit=False)
 
     def close(self) -> None:
-        """Flush and close the producer."""
-        self._producer.close(timeout=self.timeout_s)
+        """Deliver what is buffered (``timeout_s`` at most) and close.
+
+        A letter not acknowledged by then is not lost: its batch's offsets were not stored, so the
+        next start reads the record again and sends the letter then.
+        """
+        if not close_producer(self._producer, self.timeout_s):
+            log.warning(
+                "dead letters for %r not acknowledged at shutdown: their records are read and "
+                "dead-lettered again at the next start",
+                self.topic,
+            )
 
 
 class KafkaPublisher:
@@ -123,6 +167,8 @@ class KafkaPublisher:
 
         self.topic = topic
         self.dropped = 0
+        self._outstanding = 0  # handed to the producer, neither delivered nor failed yet
+        self._count = threading.Lock()
         self._producer = KafkaProducer(
             acks=acks,
             enable_idempotence=acks == "all",  # kafka-python warns when acks=1 meets its idempotent default
@@ -140,20 +186,37 @@ class KafkaPublisher:
         except Exception as error:  # KafkaTimeoutError when full or the cluster is away
             self._drop(error)
             return
-        future.add_errback(self._drop)
+        with self._count:
+            self._outstanding += 1
+        future.add_callback(self._settled)
+        future.add_errback(self._failed)
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Wait until what was handed over is delivered (or ``timeout_s`` passes)."""
         self._producer.flush(timeout=timeout_s)
 
-    def _drop(self, error: BaseException) -> None:
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
+    def _settled(self, _: Any) -> None:
+        with self._count:
+            self._outstanding -= 1
+
+    def _failed(self, error: BaseException) -> None:
+        self._settled(None)
+        self._drop(error)
+
+    def _drop(self, error: BaseException, count: int = 1) -> None:
+        with self._count:
+            before, self.dropped = self.dropped, self.dropped + count
+        if before == 0 or before // 1000 != self.dropped // 1000:
             log.warning("%d events for %r not delivered so far (last: %r)", self.dropped, self.topic, error)
 
-    def close(self) -> None:
-        """Deliver what is buffered (a few seconds at most) and close."""
-        self._producer.close(timeout=5)
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is buffered (``timeout_s`` at most) and close; what is left is counted dropped."""
+        if close_producer(self._producer, timeout_s):
+            return
+        with self._count:
+            left, self._outstanding = self._outstanding, 0
+        if left > 0:
+            self._drop(TimeoutError(f"not delivered within {timeout_s:g}s of closing"), left)
 
 
 class KafkaTail:

@@ -24,14 +24,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from lifelong.daemon.api import HttpServer
 from lifelong.daemon.control import Controller
+from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.scheduling import Schedule
 from lifelong.errors import LifelongError, StateError
-from lifelong.files import write_atomically
+from lifelong.files import disk_full, is_disk_full, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class Daemon:
         metrics: Metrics | None = None,
         probation: Probation = Probation(),
         lock: AbstractContextManager[Any] | None = None,
+        state_dir: Path | None = None,
         heartbeat: Path | None = None,
         heartbeat_s: float = 5.0,
         heartbeat_stale_s: float = 60.0,
@@ -144,6 +145,8 @@ class Daemon:
         self.metrics = metrics
         self.probation = probation
         self.lock = lock if lock is not None else contextlib.nullcontext()
+        # Named in the message when its disk fills up.
+        self.state_dir = state_dir
         self.heartbeat = heartbeat
         self.heartbeat_s = heartbeat_s
         self.heartbeat_stale_s = heartbeat_stale_s
@@ -196,26 +199,34 @@ class Daemon:
             self.schedule.start()
         log.info("running%s", " (burst: until drained)" if burst else "")
         try:
-            while not self._stop.is_set():
-                try:
-                    handled = self.ingestor.step(self.poll_timeout_s)
-                except ConnectionError as error:  # the batch is kept and retried
-                    self._outage(error)
-                    continue
-                if self._outage_since is not None:
-                    log.info("Kafka reachable again after %.0fs", self.clock() - self._outage_since)
-                    self._outage_since = None
-                self._follow(idle=not handled)
-                self._tick()
-                if burst and not handled and self.ingestor.source.lag().drained:
-                    if self.feed is not None:
-                        with self.lock:
-                            self.feed.catch_up()
-                    if self.control is not None:
-                        self.control.run_round("burst")
-                    break
+            self._loop(burst)
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            raise disk_full(self.state_dir or Path("."), error) from error
         finally:
             self._shutdown()
+
+    def _loop(self, burst: bool) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self.ingestor.step(self.poll_timeout_s)
+            except ConnectionError as error:  # the batch is kept and retried
+                self._outage(error)
+                continue
+            if self._outage_since is not None:
+                log.info("Kafka reachable again after %.0fs", self.clock() - self._outage_since)
+                self._outage_since = None
+            self._follow(idle=not handled)
+            self._tick()
+            if burst and not handled and self.ingestor.source.lag().drained:
+                if self.feed is not None:
+                    with self.lock:
+                        self.feed.catch_up()
+                if self.control is not None:
+                    self.control.run_round("burst")
+                    self._raise_fatal()
+                break
 
     def _outage(self, error: ConnectionError) -> None:
         if self._outage_since is None:
@@ -225,10 +236,15 @@ class Daemon:
         self._stop.wait(min(1.0, max(self.poll_timeout_s, 0.05)))
 
     def _shutdown(self) -> None:
+        """Stop in order; a step that fails is logged in one line and the next one still runs.
+
+        When the daemon stops on an error, that error is the one the caller sees: nothing raised
+        here replaces it.
+        """
         self._state = RunState.STOPPING
-        self._beat(force=True)
+        self._quietly("write the heartbeat", lambda: self._beat(force=True))
         if self.schedule is not None:
-            self.schedule.shutdown()
+            self._quietly("stop the schedule", self.schedule.shutdown)
         if self.control is not None:
             self.control.close()
             if not self.control.wait(self.grace_s / 2):
@@ -236,17 +252,32 @@ class Daemon:
                 self.control.abandon()
                 if not self.control.wait(self.grace_s / 2):
                     log.error("the update round did not stop in time; exiting without it")
-        try:
-            self.ingestor.commit()
-        except LifelongError as error:  # the state holds the offsets; the group's copy can wait
-            log.warning("could not commit offsets to the consumer group at shutdown: %s", error)
+        # The state holds the offsets; the group's copy is for lag tooling and can wait.
+        self._quietly("commit offsets to the consumer group", self.ingestor.commit)
         if self.feed is not None:
-            with self.lock:
-                self.feed.maybe_snapshot(force=True)
+            feed = self.feed
+
+            def snapshot() -> None:
+                with self.lock:
+                    feed.maybe_snapshot(force=True)
+
+            self._quietly("snapshot the rehearsal memory (the last snapshot is kept)", snapshot)
         if self.http is not None:
-            self.http.close()
+            self._quietly("close the HTTP port", self.http.close)
         self._state = RunState.STOPPED
-        self._beat(force=True)
+        self._quietly("write the heartbeat", lambda: self._beat(force=True))
+
+    @staticmethod
+    def _quietly(what: str, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception as error:
+            log.warning("at shutdown, could not %s: %s", what, error)
+
+    def _raise_fatal(self) -> None:
+        """An update round met a fault the daemon cannot run on (damaged state, a full disk): stop with it."""
+        if self.control is not None and self.control.fatal is not None:
+            raise self.control.fatal
 
     def _follow(self, *, idle: bool) -> None:
         """Let the memory catch up: a round when idle, else at most every ``feed_interval_s``."""
@@ -260,6 +291,7 @@ class Daemon:
     def _tick(self) -> None:
         """Once per loop: heartbeat, gauges, the probation check, a drift-triggered round."""
         self._last_loop = self.clock()
+        self._raise_fatal()
         self._beat()
         control = self.control
         if control is not None:
@@ -324,22 +356,33 @@ class Daemon:
         return alive, {"state": self._state.value, "loop_age_s": round(since, 3)}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready: running, partitions assigned, broker reachable, the champion loaded (if there is one)."""
+        """Ready: running, partitions assigned, the broker answering, the champion loaded if there is one.
+
+        Before the first version there is no model to load: the daemon is ready to ingest (it
+        needs labeled samples to train one), and ``model`` says that none serves yet.
+        """
         source = self.ingestor.source
         lag = source.lag()
         checks = {
             "running": self._state == RunState.RUNNING,
             "partitions_assigned": bool(lag.behind) or lag.unknown > 0,
-            "broker_reachable": bool(getattr(source, "connected", True)),
-            "model_loaded": self._model_loaded(),
+            "broker_reachable": bool(getattr(source, "connected", True)) and self._outage_since is None,
         }
-        return all(checks.values()), {"checks": checks}
+        model = self._model()
+        if model["champion"] is not None:
+            checks["model_loaded"] = model["serving"] is not None
+        return all(checks.values()), {"checks": checks, "model": model}
 
-    def _model_loaded(self) -> bool:
+    def _model(self) -> dict[str, Any]:
+        """The version serving and the registry's champion (None and None before the first version)."""
         if self.control is None:
-            return True
+            return {"serving": None, "champion": None, "learning": False}
         updater = self.control.updater
-        return updater.serving is not None or updater.registry.champion() is None
+        try:
+            champion = updater.registry.champion()
+        except StateError as error:  # its files are damaged: the next load falls back
+            return {"serving": updater.serving, "champion": None, "error": str(error)}
+        return {"serving": updater.serving, "champion": None if champion is None else champion.version}
 
     def versions(self) -> dict[str, Any]:
         """The serving version, the registry's champion and every version."""

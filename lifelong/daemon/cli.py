@@ -20,6 +20,7 @@ from types import FrameType
 from lifelong.config import Settings, load_settings
 from lifelong.daemon.process import pin_mmap_threshold
 from lifelong.errors import LifelongError
+from lifelong.files import disk_full, is_disk_full
 
 log = logging.getLogger("lifelong")
 
@@ -47,7 +48,7 @@ def _configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("kafka", "faiss"):
+    for noisy in ("kafka", "faiss", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # "skipped: maximum number of running instances reached" each interval a round outlasts.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
@@ -58,10 +59,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        return _run(settings, burst=args.burst)
+    except OSError as error:  # at start or at exit: the running loop says so itself
+        if not is_disk_full(error):
+            raise
+        raise disk_full(Path(settings.state.dir), error) from error
+
+
+def _run(settings: Settings, *, burst: bool) -> int:
     from lifelong.daemon.app import RunState
     from lifelong.daemon.wiring import build_daemon
 
-    settings = _settings(args)
     with ExitStack() as stack:
         daemon = build_daemon(settings, stack)
 
@@ -76,7 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         try:
-            daemon.run(burst=args.burst)
+            daemon.run(burst=burst)
         finally:
             log.info(daemon.summary())
         if daemon.control is not None and daemon.control.running:
@@ -144,7 +154,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with StateLock(settings.state.dir), open_store(settings) as store:
         in_store = store.forget(args.ids)
-        memory = open_memory(settings)
+        memory = open_memory(settings, store=store)
         try:
             in_memory = memory.forget(args.ids)
             memory.snapshot()  # and drops the older snapshots that still name them

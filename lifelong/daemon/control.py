@@ -19,7 +19,8 @@ from lifelong.connectors.base import Publisher
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.update import Outcome, Updater
-from lifelong.errors import LifelongError, RoundAbandoned
+from lifelong.errors import DiskFull, LifelongError, RoundAbandoned, StateDamaged
+from lifelong.files import is_disk_full
 from lifelong.registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ class Controller:
         self.events = events
         self.clock = clock
         self.counts: dict[str, int] = {"promoted": 0, "rejected": 0, "failed": 0, "abandoned": 0}
-        self.rollbacks: dict[str, int] = {"manual": 0, "auto": 0}
+        self.rollbacks: dict[str, int] = {"manual": 0, "auto": 0, "corrupt": 0}
+        # A fault no round can run on (damaged state, a full disk): the daemon stops with it.
+        self.fatal: BaseException | None = None
         self._running = threading.Lock()
         self._closed = threading.Event()
         self._served_lock = threading.Lock()
@@ -81,8 +84,11 @@ class Controller:
         """
         with self._served_lock:
             version, predecessor = self.updater.state()
-            self.metrics.model_version.set(version or 0)
+            self.metrics.model_version.set(version)
             self.live.serving(version, predecessor=predecessor[0] if predecessor else None)
+            fallbacks = self.updater.take_fallbacks()
+        for fallback in fallbacks:  # the champion was damaged and the updater served an intact one
+            self._rolled_back("corrupt", fallback.target, before=fallback.damaged, reason=fallback.reason)
 
     def drift(self, signals: list[str]) -> bool:
         """Alarms were raised: True when a round should run now (enabled, out of cooldown)."""
@@ -102,8 +108,8 @@ class Controller:
         """
         if self._closed.is_set():
             return None
-        if self.updater.load_champion():  # a rollback made from the command line
-            self.served()
+        self.updater.load_champion()  # a rollback made from the command line, or a damaged champion
+        self.served()
         pending = self.updater.pending()
         needed = (
             1 if force else {"burst": 1, "drift": self.drift_min_labels}.get(trigger, self.min_new_labels)
@@ -123,6 +129,15 @@ class Controller:
         except RoundAbandoned as error:
             self._count("abandoned")
             log.warning("%s; its labels wait for the next round", error)
+            return None
+        except (StateDamaged, DiskFull, OSError) as error:
+            self._count("failed")
+            if not isinstance(error, OSError) or is_disk_full(error):
+                log.error("update round failed: %s", error)
+                self.fatal = error
+                self._closed.set()
+                return None
+            log.exception("update round failed; the champion keeps serving, its labels wait for the next")
             return None
         except Exception:
             self._count("failed")
@@ -168,10 +183,13 @@ class Controller:
         before = self.updater.serving
         target = self.updater.rollback(version, reason=reason, trigger=trigger)
         self.served()
+        self._rolled_back(trigger, target, before=before, reason=reason)
+        return target
+
+    def _rolled_back(self, trigger: str, target: ModelVersion, *, before: int | None, reason: str) -> None:
         self.rollbacks[trigger] = self.rollbacks.get(trigger, 0) + 1
         self.metrics.rollbacks.labels(trigger=trigger).inc()
         self.publish("rolled_back", target, trigger=trigger, parent=before, reason=reason)
-        return target
 
     def check_probation(self, *, margin: float, min_labels: int, window: int, z: float = 2.0) -> None:
         """Roll the newest version back automatically if its live accuracy fell below its predecessor's."""

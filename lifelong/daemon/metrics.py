@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.registry import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
 
 from lifelong.events import Reason
 
@@ -13,6 +15,39 @@ from lifelong.events import Reason
 UPDATE_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 
 SIGNALS = ("novelty", "label_shift", "accuracy")
+
+
+class KnownGauge(Collector):
+    """A gauge that is absent from the exposition until it has a value (not 0, which alerts would read).
+
+    Example::
+
+        accuracy = KnownGauge("lifelong_prequential_accuracy", "Live accuracy.", registry=registry)
+        accuracy.set(0.93)   # exported from now on; set(nan) makes it absent again
+    """
+
+    def __init__(self, name: str, documentation: str, *, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._value: float | None = None
+        registry.register(self)
+
+    def set(self, value: float | None) -> None:
+        """The current value; None or NaN: unknown, and not exported."""
+        self._value = None if value is None or math.isnan(value) else float(value)
+
+    @property
+    def value(self) -> float | None:
+        """The current value, None while unknown."""
+        return self._value
+
+    def collect(self) -> Iterator[Metric]:
+        value = self._value
+        if value is not None:
+            yield GaugeMetricFamily(self.name, self.documentation, value=value)
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation)
 
 
 class Metrics:
@@ -75,12 +110,13 @@ class Metrics:
             "lifelong_update_duration_seconds", "Update round wall time.", buckets=UPDATE_BUCKETS, registry=r
         )
         self.update_running = Gauge("lifelong_update_running", "1 while an update round runs.", registry=r)
-        self.model_version = Gauge(
-            "lifelong_model_version", "The champion version serving (0 before the first).", registry=r
+        self.model_version = KnownGauge(
+            "lifelong_model_version", "The champion version serving (absent before the first).", registry=r
         )
-        self.prequential_accuracy = Gauge(
+        self.prequential_accuracy = KnownGauge(
             "lifelong_prequential_accuracy",
-            "Share of the last window's labeled samples the champion predicted right on arrival.",
+            "Share of the last window's labeled samples the champion predicted right on arrival "
+            "(absent until one is scored).",
             registry=r,
         )
         self.predictions = Counter(
@@ -100,12 +136,15 @@ class Metrics:
             "lifelong_drift_alarms", "Drift alarms raised, by signal.", ["signal"], registry=r
         )
         self.rollbacks = Counter(
-            "lifelong_rollbacks", "Rollbacks, by trigger (manual, auto).", ["trigger"], registry=r
+            "lifelong_rollbacks",
+            "Rollbacks, by trigger (manual, auto, corrupt: the champion's files were damaged).",
+            ["trigger"],
+            registry=r,
         )
-        self.training_loss = Gauge(
-            "lifelong_training_loss", "The last round's mean training loss.", registry=r
+        self.training_loss = KnownGauge(
+            "lifelong_training_loss", "The last round's mean training loss (absent before one).", registry=r
         )
-        self.forgetting = Gauge(
+        self.forgetting = KnownGauge(
             "lifelong_forgetting",
             "The last candidate's accuracy drop on the memory's held-out samples against its champion "
             "(negative: it improved on the past).",
@@ -119,7 +158,7 @@ class Metrics:
             self.drift_score.labels(signal=signal).set(0)
             self.drift_alarm.labels(signal=signal).set(0)
             self.drift_alarms.labels(signal=signal)
-        for trigger in ("manual", "auto"):
+        for trigger in ("manual", "auto", "corrupt"):
             self.rollbacks.labels(trigger=trigger)
         for result in ("promoted", "rejected", "failed", "abandoned"):
             self.updates.labels(result=result)

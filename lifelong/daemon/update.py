@@ -27,7 +27,7 @@ from lifelong.learners.gate import finite
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
-from lifelong.registry import ModelRegistry, ModelVersion
+from lifelong.registry import ModelRegistry, ModelVersion, Status
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,15 @@ class Outcome:
         if "champion_memory" not in scores or "candidate_memory" not in scores:
             return None
         return float(scores["champion_memory"]) - float(scores["candidate_memory"])
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The champion's files were damaged: ``target``, the newest intact version, serves instead."""
+
+    damaged: int | None  # None when even the champion's description was unreadable
+    target: ModelVersion
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ class Updater:
         self.clock = clock
         self._serving: int | None = None
         self._predecessor: tuple[int, Learner] | None = None
+        self._fallbacks: list[Fallback] = []
         versions = registry.versions()
         self._cursor = _trained_upto(versions)
         # Where the newest version's Kafka offset ranges end: the next version's start there.
@@ -148,24 +158,63 @@ class Updater:
             return self._load_champion()
 
     def _load_champion(self) -> bool:
-        champion = self.registry.champion()
+        try:
+            champion = self.registry.champion()
+        except StateError as error:  # the champion's meta.json is damaged
+            return self._fall_back(None, error)
         if champion is None or champion.version == self._serving:
             return False
         try:
             learner = load_version(self.registry, champion.version, self.trainer.build)
-        except (LifelongError, RuntimeError, KeyError, ValueError) as error:
-            log.error(
-                "cannot serve model version %d (%s); version %s keeps serving",
-                champion.version,
-                error,
-                self._serving,
-            )
-            return False
+        except (LifelongError, OSError, RuntimeError, KeyError, ValueError) as error:
+            return self._fall_back(champion.version, error)
+        self._serve(champion.version, learner)
+        return True
+
+    def _serve(self, version: int, learner: Learner) -> None:
         self.trainer.promote(learner)
         self._predecessor = None
-        log.info("serving model version %d (was %s)", champion.version, self._serving)
-        self._serving = champion.version
-        return True
+        log.info("serving model version %d (was %s)", version, self._serving)
+        self._serving = version
+
+    def _fall_back(self, damaged: int | None, error: BaseException) -> bool:
+        """Roll the registry back to the newest promoted version that loads; whether one did.
+
+        A damaged champion is marked rolled back (trigger ``corrupt``), so it is never served
+        again on its own; each candidate is verified and loaded before it serves.
+        """
+        reason = f"model version {damaged if damaged is not None else '(champion)'} is damaged: {error}"
+        log.error("cannot serve the champion: %s; falling back to the newest intact version", reason)
+        candidates = [
+            v.version
+            for v in reversed(self.registry.versions())
+            if v.status == Status.PROMOTED and v.version != damaged
+        ]
+        for number in candidates:
+            try:
+                learner = load_version(self.registry, number, self.trainer.build)
+                target = self.registry.rollback(number, reason=reason, trigger="corrupt")
+            except (LifelongError, OSError, RuntimeError, KeyError, ValueError) as failed:
+                log.error("model version %d cannot serve either: %s", number, failed)
+                continue
+            log.warning("rolled back to model version %d: %s", number, reason)
+            self._fallbacks.append(Fallback(damaged=damaged, target=target, reason=reason))
+            if number == self._serving:
+                return False
+            self._serve(number, learner)
+            return True
+        log.error(
+            "no intact model version to fall back to; version %s keeps serving. Name one with "
+            "`lifelong rollback <version>`, or move the registry aside to train afresh",
+            self._serving,
+        )
+        return False
+
+    def take_fallbacks(self) -> list[Fallback]:
+        """The fallbacks from damaged champions since the last call (for metrics and model events)."""
+        with self._swap:
+            taken, self._fallbacks = self._fallbacks, []
+        return taken
 
     def run_round(self, *, stop: Callable[[], bool] | None = None) -> Outcome | None:
         """Train on the labels since the last round, gate, record the version; None when there are none.

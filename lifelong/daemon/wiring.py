@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -16,10 +17,11 @@ from lifelong.connectors.base import DeadLetterSink, Publisher, Source
 from lifelong.connectors.kafka import KafkaSource, ensure_topics
 from lifelong.connectors.kafka_topics import KafkaDeadLetterSink, KafkaPublisher
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
-from lifelong.daemon.api import DeferredAdmin, HttpApi, HttpServer
+from lifelong.daemon.api import DeferredAdmin, HttpApi
 from lifelong.daemon.app import Daemon, Probation, StateLock
 from lifelong.daemon.control import Controller
 from lifelong.daemon.drift import DriftMonitor
+from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.learning import build_updater
 from lifelong.daemon.live import LiveAccuracy
@@ -38,6 +40,8 @@ from lifelong.memory.snapshot import SnapshotDir
 
 if TYPE_CHECKING:
     pass
+
+log = logging.getLogger(__name__)
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -64,6 +68,18 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
     return options
 
 
+def closing(stack: ExitStack, what: str, close: Callable[[], object]) -> None:
+    """Close with ``stack``; a failure is logged in one line, so it never hides why the daemon stopped."""
+
+    def quietly() -> None:
+        try:
+            close()
+        except Exception as error:
+            log.warning("could not close %s: %s", what, error)
+
+    stack.callback(quietly)
+
+
 def open_store(settings: Settings, *, readonly: bool = False) -> SampleStore:
     """The sample store in the configured state directory."""
     return SampleStore.open(
@@ -74,8 +90,11 @@ def open_store(settings: Settings, *, readonly: bool = False) -> SampleStore:
     )
 
 
-def open_memory(settings: Settings) -> RehearsalMemory:
-    """The rehearsal memory in the state directory (restored from its last snapshot)."""
+def open_memory(settings: Settings, *, store: SampleStore | None = None) -> RehearsalMemory:
+    """The rehearsal memory in the state directory (restored from its last snapshot).
+
+    With ``store``, payload rows found damaged are rebuilt from the inputs it holds.
+    """
     memory = settings.memory
     try:
         return RehearsalMemory(
@@ -88,6 +107,7 @@ def open_memory(settings: Settings) -> RehearsalMemory:
             seed=memory.seed,
             device=memory.device,
             nprobe=memory.nprobe,
+            inputs=None if store is None else store.inputs_found,
         )
     except ValueError as error:  # memory.device = "gpu" without a GPU build of faiss or a GPU
         raise ConfigError(str(error)) from None
@@ -125,8 +145,10 @@ def kafka_connectors(settings: Settings, stack: ExitStack) -> Connectors:
             partitions=kafka.topic_partitions,
             topics=[kafka.samples_topic, kafka.feedback_topic, kafka.dead_letter_topic, kafka.models_topic],
         )
-    sink = KafkaDeadLetterSink(topic=kafka.dead_letter_topic, client_options=options)
-    stack.callback(sink.close)
+    sink = KafkaDeadLetterSink(
+        topic=kafka.dead_letter_topic, client_options=options, timeout_s=kafka.call_timeout_s
+    )
+    closing(stack, "the dead-letter producer", sink.close)
 
     def source(positions: Mapping[tuple[str, int], int], decode: TopicDecoder) -> Source:
         kafka_source = KafkaSource(
@@ -138,8 +160,9 @@ def kafka_connectors(settings: Settings, stack: ExitStack) -> Connectors:
             max_poll_records=kafka.max_poll_records,
             fetchers=kafka.fetchers,
             decode=decode,
+            probe_timeout_s=kafka.call_timeout_s,
         )
-        stack.callback(kafka_source.close)
+        closing(stack, "the Kafka fetchers", kafka_source.close)
         return kafka_source
 
     def publisher(topic: str) -> Publisher:
@@ -151,7 +174,7 @@ def kafka_connectors(settings: Settings, stack: ExitStack) -> Connectors:
             acks="all" if model_events else 1,
             max_block_ms=2000 if model_events else 0,  # predictions never hold up the consumer
         )
-        stack.callback(sent.close)
+        closing(stack, f"the producer of {topic!r}", sent.close)
         return sent
 
     return Connectors(source=source, dead_letters=sink, publisher=publisher)
@@ -208,8 +231,8 @@ def build_daemon(
         max_message_bytes=settings.data.max_message_bytes,
     )
     lock = threading.RLock()  # the store and memory: the consumer writes, update rounds read
-    memory = open_memory(settings)
-    stack.callback(memory.close)
+    memory = open_memory(settings, store=store)
+    closing(stack, "the rehearsal memory", memory.close)
     feed = MemoryFeed(
         store=store,
         memory=memory,
@@ -248,6 +271,7 @@ def build_daemon(
             z=monitor.rollback_z,
         ),
         lock=lock,
+        state_dir=Path(settings.state.dir),
         heartbeat=heartbeat_path(settings),
         heartbeat_s=settings.http.heartbeat_s,
         heartbeat_stale_s=settings.http.heartbeat_stale_s,
@@ -285,7 +309,7 @@ def _start_http(
         return None
     app = HttpApi(admin=admin, registry=metrics.registry, token=token, admin_enabled=admin_enabled)
     http = HttpServer(app=app, host=settings.http.host, port=settings.http.port)
-    stack.callback(http.close)
+    closing(stack, "the HTTP port", http.close)
     http.start()
     return http
 

@@ -11,6 +11,7 @@ the memory evicts all the time, so the CPU index stays the record.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 from collections.abc import Callable
@@ -253,7 +254,12 @@ class VectorIndex:
 
     def write(self, path: Path) -> None:
         """Serialize to ``path`` (FAISS's own format: no pickle)."""
-        faiss.write_index(self._index, str(path))
+        try:
+            faiss.write_index(self._index, str(path))
+        except RuntimeError as error:  # FAISS reports a failed write in words, errno included
+            if "No space left on device" in str(error):
+                raise OSError(errno.ENOSPC, f"no space left writing {path}: {error}") from error
+            raise
 
     def read(self, path: Path) -> None:
         """Replace this index with the one serialized at ``path``."""

@@ -158,6 +158,14 @@ class SampleReads:
 
     def inputs(self, ids: Sequence[str]) -> list[np.ndarray[Any, Any]]:
         """The stored x of each of ``ids``, in that order, each in its wire dtype."""
+        found = self.inputs_found(ids)
+        missing = [id for id, x in zip(ids, found, strict=True) if x is None]
+        if missing:
+            raise StateError(f"no stored sample with id {missing[0]!r} ({len(missing)} missing)")
+        return found  # type: ignore[return-value]
+
+    def inputs_found(self, ids: Sequence[str]) -> list[np.ndarray[Any, Any] | None]:
+        """Like :meth:`inputs`, with None for an id the store does not hold (forgotten, expired)."""
         found: dict[str, np.ndarray[Any, Any]] = {}
         for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
             part = ids[start : start + 500]
@@ -166,10 +174,7 @@ class SampleReads:
                 f"SELECT id, x, dtype FROM samples WHERE id IN ({marks})", list(part)
             ):
                 found[id] = np.frombuffer(x, dtype=np.dtype(dtype))
-        missing = [id for id in ids if id not in found]
-        if missing:
-            raise StateError(f"no stored sample with id {missing[0]!r} ({len(missing)} missing)")
-        return [found[id] for id in ids]
+        return [found.get(id) for id in ids]
 
     def last_label_event(self) -> int:
         """The sequence number of the newest label event (0 when none)."""
