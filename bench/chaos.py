@@ -315,7 +315,9 @@ class Producer:
     def __init__(self, bootstrap: str, messages: list[Message], rate: float) -> None:
         self.messages = messages
         self.rate = rate
-        self.sent: dict[tuple[str, int, int], Message] = {}
+        # Each record's key (unique) -> the message and where it landed (offset -1 when a retried
+        # send was deduplicated by the broker: kafka-python then never learns the offset).
+        self.sent: dict[bytes, tuple[Message, tuple[str, int, int]]] = {}
         self.running = threading.Event()
         self.running.set()
         self.done = threading.Event()
@@ -350,17 +352,17 @@ class Producer:
             topic = "chaos.feedback" if message.feedback else "chaos.samples"
             key = f"k{n}".encode()  # a null value (a tombstone) needs a key
             future = self._producer.send(topic, message.value, key=key, headers=message.headers)
-            pending.append((future, message))
+            pending.append((future, key, message))
             if len(pending) >= 200:
                 self._settle(pending)
         self._settle(pending)
         self._producer.close()
         self.done.set()
 
-    def _settle(self, pending: list[tuple[Any, Message]]) -> None:
-        for future, message in pending:
+    def _settle(self, pending: list[tuple[Any, bytes, Message]]) -> None:
+        for future, key, message in pending:
             meta = future.get(timeout=600)
-            self.sent[(meta.topic, meta.partition, meta.offset)] = message
+            self.sent[key] = (message, (meta.topic, meta.partition, meta.offset))
         pending.clear()
 
 
@@ -416,75 +418,83 @@ def freeze(broker: EmbeddedBroker, daemon: Daemon, seconds: float, producer: Pro
     }
 
 
-def read_dead_letters(bootstrap: str) -> list[list[tuple[str, bytes]]]:
+def read_dead_letters(bootstrap: str) -> list[tuple[bytes | None, list[tuple[str, bytes]]]]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     partitions = [KafkaTP("chaos.dead", p) for p in sorted(consumer.partitions_for_topic("chaos.dead") or ())]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
     ends = consumer.end_offsets(partitions)
-    found: list[list[tuple[str, bytes]]] = []
+    found: list[tuple[bytes | None, list[tuple[str, bytes]]]] = []
     deadline = time.monotonic() + 120
     while any(consumer.position(tp) < ends[tp] for tp in partitions) and time.monotonic() < deadline:
         for records in consumer.poll(timeout_ms=500).values():
-            found += [list(r.headers) for r in records]
+            found += [(r.key, list(r.headers)) for r in records]
     consumer.close()
     return found
 
 
-def account(producer: Producer, state: Path, letters: list[list[tuple[str, bytes]]]) -> dict[str, Any]:
-    """Every record read ends stored or dead-lettered, once."""
+def account(
+    producer: Producer, state: Path, letters: list[tuple[bytes | None, list[tuple[str, bytes]]]]
+) -> dict[str, Any]:
+    """Every record produced ends stored or dead-lettered, once (records are known by their unique key)."""
     db = sqlite3.connect(f"file:{state / 'samples.sqlite'}?mode=ro", uri=True)
     stored = {
-        (t, p, o): (id, y)
+        id: (y, (t, p, o))
         for id, y, t, p, o in db.execute("SELECT id, y, topic, partition, offset FROM samples")
     }
-    labels = {id: y for id, y in db.execute("SELECT id, y FROM samples")}
     counters = dict(db.execute("SELECT name, value FROM counters"))
     db.close()
     reasons = {r.value for r in Reason}
-    dead: Counter[tuple[str, int, int]] = Counter()
+    dead: Counter[bytes | None] = Counter()
+    moved = 0  # dead letters whose source headers name another record than the key's
     by_reason: Counter[str] = Counter()
     with_reason = forged = 0
-    for headers in letters:
-        ours = [(k, v) for k, v in headers if k.startswith("lifelong.")]
-        found = dict(ours)
-        reason = found.get("lifelong.reason", b"").decode("utf-8", "replace")
+    for key, headers in letters:
+        ours = dict((k, v) for k, v in headers if k.startswith("lifelong."))
+        reason = ours.get("lifelong.reason", b"").decode("utf-8", "replace")
         by_reason[reason] += 1
         with_reason += reason in reasons
-        forged += any(v == b"forged" for k, v in ours)
-        try:
+        forged += any(v == b"forged" for v in ours.values())
+        dead[key] += 1
+        sent = producer.sent.get(key or b"")
+        if sent is not None and sent[1][2] >= 0:
             source = (
-                found["lifelong.source.topic"].decode(),
-                int(found["lifelong.source.partition"]),
-                int(found["lifelong.source.offset"]),
+                ours.get("lifelong.source.topic", b"").decode(),
+                int(ours.get("lifelong.source.partition", b"-1")),
+                int(ours.get("lifelong.source.offset", b"-1")),
             )
-        except (KeyError, ValueError):
-            continue
-        dead[source] += 1
-    lost, duplicated, misjudged = [], 0, Counter()
-    for source, message in producer.sent.items():
+            moved += source != sent[1]
+    lost: list[str] = []
+    duplicated = 0
+    misjudged: Counter[str] = Counter()
+    for key, (message, source) in producer.sent.items():
         if message.feedback:
-            done = message.expect == "stored" and labels.get(message.id or "") == message.label
+            done = message.expect == "stored" and stored.get(message.id or "", (None,))[0] == message.label
         else:
-            done = source in stored
-        outcome = "stored" if done else "rejected" if dead[source] else None
+            found = stored.get(message.id or "")
+            done = found is not None and (source[2] < 0 or found[1] == source)
+        outcome = "stored" if done else "rejected" if dead[key] else None
         if outcome is None:
-            lost.append(source)
+            lost.append(key.decode())
             continue
-        duplicated += (dead[source] > 1) + (done and dead[source] > 0)
+        duplicated += (dead[key] > 1) + (done and dead[key] > 0)
         if message.expect != "either" and outcome != message.expect:
             misjudged[f"{message.expect}->{outcome}"] += 1
+    known = {m.id for m, _ in producer.sent.values() if m.id is not None and not m.feedback}
     duplicated += int(counters.get("duplicates", 0))
     return {
         "lost": len(lost),
-        "lost_examples": [list(s) for s in lost[:5]],
+        "lost_examples": lost[:5],
         "duplicated": duplicated,
         "dead_letters": len(letters),
         "dead_letters_with_reason": with_reason,
         "dead_letters_by_reason": dict(sorted(by_reason.items())),
+        "dead_letters_naming_another_source": moved,
         "forged_reason_headers": forged,
         "misjudged": dict(misjudged),
+        "stored_unexpected": len(set(stored) - known),
         "samples_stored": len(stored),
+        "offsets_unknown": sum(1 for _, source in producer.sent.values() if source[2] < 0),
     }
 
 

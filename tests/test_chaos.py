@@ -36,6 +36,7 @@ def test_a_fuzzed_stream_a_frozen_broker_and_sigkills_lose_nothing(tmp_path: Pat
     assert result["dead_letters"] == result["dead_letters_with_reason"] > 0
     assert result["dead_letters_by_reason"].get("too_deep", 0) > 0
     assert result["forged_reason_headers"] == 0 and result["misjudged"] == {}
+    assert result["stored_unexpected"] == 0 and result["dead_letters_naming_another_source"] == 0
     assert result["kills"]["during_round"] + result["kills"]["during_snapshot"] >= 1
     freeze = result["freeze"]
     assert freeze["health_failures"] == 0 and freeze["readiness_fell_after_s"] is not None
