@@ -175,8 +175,9 @@ def test_prometheus_scrapes_the_daemon_and_every_expression_returns_data(setup, 
         prometheus = prometheus_for(daemon.base.removeprefix("http://"))
         run.produce([*events(x[:600], y[:600], "p", feedback_every=3), ("samples", b"bad", b"{not json")])
         wait_for(lambda: (daemon.value("lifelong_updates_total", result="promoted") or 0) >= 1)
-        wait_for(lambda: daemon.value("lifelong_prequential_accuracy") is not None)
         run.produce(events(x[600:900], y[600:900], "q"))  # live accuracy and rates after the first version
+        # Absent until the first version has predicted a sample and its label has scored it.
+        wait_for(lambda: daemon.value("lifelong_prequential_accuracy") is not None)
         wait_for(
             lambda: any(t["health"] == "up" for t in prometheus.api("targets")["activeTargets"]),
             what=lambda: json.dumps(prometheus.api("targets")),

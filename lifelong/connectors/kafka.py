@@ -222,11 +222,14 @@ class KafkaSource:
         known = {tp: self._highwater[tp] - n for tp, n in self._next.items() if tp in self._highwater}
         return Lag(known, unknown=len(self._next) - len(known))
 
-    def close(self) -> None:
-        """Stop the fetchers."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the fetchers: all asked at once, each killed if it has not exited within ``timeout_s``."""
         self._probe.close()
         for child in self._children:
-            child.close()
+            child.ask_to_stop()
+        deadline = time.monotonic() + timeout_s
+        for child in self._children:
+            child.close(max(0.0, deadline - time.monotonic()))
 
 
 # An ApiVersions request (key 18, version 0, correlation id 1, client id "lifelong-probe"): the one
@@ -331,6 +334,7 @@ class _Fetcher:
         os.close(outbox_read)
         self.inbox = Connection(inbox_read, writable=False)
         self.outbox = Connection(outbox_write, readable=False)
+        self._asked = False
         self.send(config)
 
     def send(self, message: Any) -> None:
@@ -339,12 +343,17 @@ class _Fetcher:
         except OSError:
             raise BrokerUnavailable("a Kafka fetcher process exited") from None
 
-    def close(self) -> None:
-        if self.process.poll() is None:
+    def ask_to_stop(self) -> None:
+        if self.process.poll() is None and not self._asked:
+            self._asked = True
             with contextlib.suppress(BrokerUnavailable):
                 self.send(("stop", None))
-            try:
-                self.process.wait(timeout=10)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.ask_to_stop()
+            try:  # one blocked in a broker call (a commit to a frozen broker) is killed
+                self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
