@@ -199,3 +199,27 @@ def test_a_full_disk_stops_the_daemon_with_one_error_naming_the_state_directory(
     assert daemon.state == RunState.STOPPED
     with open_store(settings, readonly=True) as store:  # what was committed before is kept
         assert store.status().samples == 1
+
+
+def test_damaged_payload_rows_are_rebuilt_from_the_store_and_counted(settings: Settings, start) -> None:  # type: ignore[no-untyped-def]
+    daemon, bus, metrics = start()
+    daemon.gauges_interval_s = 0
+    for row in range(200):
+        bus.produce(settings.kafka.samples_topic, encode_sample(f"p{row}", X[row].tolist(), int(Y[row])))
+    assert daemon.feed is not None
+    memory = daemon.feed.memory
+    wait_for(lambda: memory.size == 200, what=lambda: memory.size)
+    with daemon.lock:
+        memory.flush()
+        payload = next((Path(settings.state.dir) / "memory").glob("payload-*.bin"))
+        data = bytearray(payload.read_bytes())
+        data[:1024] = bytes(b ^ 0xFF for b in data[:1024])  # the first rows of the log
+        payload.write_bytes(bytes(data))
+        drawn = memory.select(lambda id: True)
+    assert len(drawn.ids) == 200
+    for id, x in zip(drawn.ids, drawn.x, strict=True):
+        assert np.array_equal(x, X[int(id[1:])].astype(np.float32)), id
+    wait_for(
+        lambda: (metrics.get_sample_value("lifelong_memory_damaged_rows", {"outcome": "rebuilt"}) or 0) > 0
+    )
+    assert metrics.get_sample_value("lifelong_memory_damaged_rows", {"outcome": "dropped"}) == 0

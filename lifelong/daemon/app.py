@@ -317,7 +317,15 @@ class Daemon:
             status = self.ingestor.store.status()
             if self.feed is not None:
                 memory = self.feed.memory
-                metrics.set_memory(size=memory.size, capacity=memory.capacity, classes=memory.classes())
+                metrics.set_memory(
+                    size=memory.size,
+                    capacity=memory.capacity,
+                    classes=memory.classes(),
+                    damaged={
+                        "rebuilt": memory.counters["payload_rebuilt"],
+                        "dropped": memory.counters["payload_dropped"],
+                    },
+                )
         metrics.samples_stored.set(status.samples)
         metrics.waiting_samples.set(status.waiting)
         if self.control is not None:

@@ -97,6 +97,13 @@ class Metrics:
             ["label"],
             registry=r,
         )
+        self.memory_damaged_rows = Gauge(
+            "lifelong_memory_damaged_rows",
+            "Rehearsal-memory payload rows that failed their checksum since the memory began, by "
+            "outcome (rebuilt from the sample store, dropped from the memory); never trained on.",
+            ["outcome"],
+            registry=r,
+        )
         self.pending_labels = Gauge(
             "lifelong_pending_labels", "Labels received and not yet trained on.", registry=r
         )
@@ -164,10 +171,21 @@ class Metrics:
             self.updates.labels(result=result)
         for reason in Reason:
             self.dead_letters.labels(reason=reason.value)
+        for outcome in ("rebuilt", "dropped"):
+            self.memory_damaged_rows.labels(outcome=outcome).set(0)
         self._classes: set[int] = set()
 
-    def set_memory(self, *, size: int, capacity: int, classes: Mapping[int, int]) -> None:
-        """The memory's size, capacity and class mix."""
+    def set_memory(
+        self,
+        *,
+        size: int,
+        capacity: int,
+        classes: Mapping[int, int],
+        damaged: Mapping[str, int] | None = None,
+    ) -> None:
+        """The memory's size, capacity, class mix and payload rows found damaged (by outcome)."""
+        for outcome, count in (damaged or {}).items():
+            self.memory_damaged_rows.labels(outcome=outcome).set(count)
         self.memory_samples.set(size)
         self.memory_capacity.set(capacity)
         for label in self._classes - set(classes):  # a class the memory no longer holds
