@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from lifelong.errors import DiskFull, StateDamaged, StateError
 from lifelong.events import Feedback, Sample
-from lifelong.memory.samples import FORMAT, IngestBatch, SampleStore
+from lifelong.memory.opening import FORMAT
+from lifelong.memory.samples import IngestBatch, SampleStore
 from tests.streams import stored
 
 X = np.zeros(3, dtype=np.float32)

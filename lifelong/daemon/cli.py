@@ -100,7 +100,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from lifelong.daemon.app import RunState, read_heartbeat
     from lifelong.daemon.wiring import heartbeat_path
     from lifelong.errors import StateDamaged
-    from lifelong.memory.samples import DATABASE, SampleStore
+    from lifelong.memory.opening import DATABASE
+    from lifelong.memory.samples import SampleStore
 
     settings = _settings(args)
     if args.state:
