@@ -83,6 +83,14 @@ class StateLock:
 HEARTBEAT_FORMAT = 1
 
 
+def quietly(what: str, step: Callable[[], object]) -> None:
+    """Run a stopping step; a failure is logged in one line and never hides why the daemon stops."""
+    try:
+        step()
+    except Exception as error:
+        log.warning("could not %s: %s", what, error)
+
+
 def read_heartbeat(path: Path) -> dict[str, Any] | None:
     """The heartbeat a daemon last wrote, or None when there is none readable."""
     try:
@@ -242,9 +250,9 @@ class Daemon:
         here replaces it.
         """
         self._state = RunState.STOPPING
-        self._quietly("write the heartbeat", lambda: self._beat(force=True))
+        quietly("write the heartbeat at shutdown", lambda: self._beat(force=True))
         if self.schedule is not None:
-            self._quietly("stop the schedule", self.schedule.shutdown)
+            quietly("stop the schedule at shutdown", self.schedule.shutdown)
         if self.control is not None:
             self.control.close()
             if not self.control.wait(self.grace_s / 2):
@@ -253,7 +261,7 @@ class Daemon:
                 if not self.control.wait(self.grace_s / 2):
                     log.error("the update round did not stop in time; exiting without it")
         # The state holds the offsets; the group's copy is for lag tooling and can wait.
-        self._quietly("commit offsets to the consumer group", self.ingestor.commit)
+        quietly("commit offsets to the consumer group at shutdown", self.ingestor.commit)
         if self.feed is not None:
             feed = self.feed
 
@@ -261,18 +269,11 @@ class Daemon:
                 with self.lock:
                     feed.maybe_snapshot(force=True)
 
-            self._quietly("snapshot the rehearsal memory (the last snapshot is kept)", snapshot)
+            quietly("snapshot the rehearsal memory (the last snapshot is kept) at shutdown", snapshot)
         if self.http is not None:
-            self._quietly("close the HTTP port", self.http.close)
+            quietly("close the HTTP port at shutdown", self.http.close)
         self._state = RunState.STOPPED
-        self._quietly("write the heartbeat", lambda: self._beat(force=True))
-
-    @staticmethod
-    def _quietly(what: str, step: Callable[[], object]) -> None:
-        try:
-            step()
-        except Exception as error:
-            log.warning("at shutdown, could not %s: %s", what, error)
+        quietly("write the heartbeat at shutdown", lambda: self._beat(force=True))
 
     def _raise_fatal(self) -> None:
         """An update round met a fault the daemon cannot run on (damaged state, a full disk): stop with it."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -18,7 +17,7 @@ from lifelong.connectors.kafka import KafkaSource, ensure_topics
 from lifelong.connectors.kafka_topics import KafkaDeadLetterSink, KafkaPublisher
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
 from lifelong.daemon.api import DeferredAdmin, HttpApi
-from lifelong.daemon.app import Daemon, Probation, StateLock
+from lifelong.daemon.app import Daemon, Probation, StateLock, quietly
 from lifelong.daemon.control import Controller
 from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.http import HttpServer
@@ -37,11 +36,6 @@ from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.memory.snapshot import SnapshotDir
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger(__name__)
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -70,14 +64,7 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 def closing(stack: ExitStack, what: str, close: Callable[[], object]) -> None:
     """Close with ``stack``; a failure is logged in one line, so it never hides why the daemon stopped."""
-
-    def quietly() -> None:
-        try:
-            close()
-        except Exception as error:
-            log.warning("could not close %s: %s", what, error)
-
-    stack.callback(quietly)
+    stack.callback(quietly, f"close {what}", close)
 
 
 def open_store(settings: Settings, *, readonly: bool = False) -> SampleStore:
