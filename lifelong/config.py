@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from lifelong.errors import ConfigError
 
@@ -112,6 +112,11 @@ class LearnerSettings(_Section):
     freeze: list[str] = []
     device: str = "auto"
     amp: bool = True
+    # Input scaling inside the model, saved with each version: "standardize" (running per-feature mean
+    # and deviation of the samples trained on), "range" (``scaling_range`` [low, high] to [0, 1]),
+    # "none", or "auto": standardize float inputs, read uint8 inputs as [0, 1] intensities.
+    scaling: Literal["auto", "standardize", "range", "none"] = "auto"
+    scaling_range: tuple[float, float] = (0.0, 1.0)
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = Field(0.0005, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -137,6 +142,13 @@ class LearnerSettings(_Section):
     keep_versions: int = Field(20, ge=1)
     seed: int = 0
 
+    @field_validator("scaling_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError(f"needs low < high, got {list(value)}")
+        return value
+
     def learner_options(self) -> dict[str, Any]:
         """The ``AvalancheLearner`` keyword arguments these settings give."""
         return {
@@ -152,6 +164,8 @@ class LearnerSettings(_Section):
             "plugins": self.plugins,
             "device": self.device,
             "amp": self.amp,
+            "scaling": self.scaling,
+            "scaling_range": self.scaling_range,
             "seed": self.seed,
         }
 

@@ -161,3 +161,19 @@ def test_live_accuracy_is_counted_and_ingestion_goes_on_while_a_round_trains(run
     assert len(published) == registry.get_sample_value("lifelong_predictions_total")
     assert published[-1]["id"] == f"c-{len(Y) - 1}" and published[-1]["version"] == 1
     assert 0 <= published[-1]["y"] < 10
+
+
+def test_inputs_beyond_the_fitted_range_are_counted(running) -> None:  # type: ignore[no-untyped-def]
+    _, bus, settings, registry = running
+    first = np.arange(800)
+    produce(bus, settings, first, Y[first], "clean-")
+    wait_for(lambda: champion(settings) == 1)
+    wait_for(lambda: registry.get_sample_value("lifelong_predictions_total") is not None)
+    assert not registry.get_sample_value("lifelong_inputs_out_of_range_total")
+    # A feed that starts sending one column in other units (x 1000).
+    for row in range(800, 850):
+        x = X[row].copy()
+        x[10] = 1000.0
+        value = encode_sample(f"units-{row}", x.tolist())
+        bus.produce(settings.kafka.samples_topic, value, key=f"units-{row}".encode())
+    wait_for(lambda: registry.get_sample_value("lifelong_inputs_out_of_range_total") == 50)

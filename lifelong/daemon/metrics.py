@@ -129,6 +129,12 @@ class Metrics:
         self.predictions = Counter(
             "lifelong_predictions", "Samples scored by the champion on arrival.", registry=r
         )
+        self.inputs_out_of_range = Counter(
+            "lifelong_inputs_out_of_range",
+            "Samples predicted whose inputs leave the range the serving model was fitted on (some "
+            "feature beyond its fitted [min, max] by more than half that span): new units or a broken feed.",
+            registry=r,
+        )
         self.drift_score = Gauge(
             "lifelong_drift_score",
             "Drift scores: novelty (kNN distance ratio, 1 = typical), label_shift (Jensen-Shannon "

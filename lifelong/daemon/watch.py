@@ -72,6 +72,8 @@ class Watch:
         self._novel: list[np.ndarray[Any, Any]] = []
         self._novel_rows = 0
         self._last_novelty = -float("inf")
+        self._outside = 0  # out-of-range samples not yet reported in the log
+        self._last_outside_log = -float("inf")
 
     def observe(self, stored: Stored) -> None:
         """Everything one stored batch tells: counts, predictions, scores, drift."""
@@ -124,12 +126,34 @@ class Watch:
     ) -> list[bool]:
         predictions = {version: model.predict(x) for version, model in models.items()}
         self.metrics.predictions.inc(len(ids))
+        serving = max(models)  # the champion: a probation's predecessor is always older
+        self._check_range(serving, models[serving], x)
         if self.predictions is not None:
-            serving = max(models)  # the champion: a probation's predecessor is always older
             for id, label in zip(ids, predictions[serving].tolist(), strict=True):
                 body = {"id": id, "version": serving, "y": int(label)}
                 self.predictions.publish(id, json.dumps(body).encode())
         return self.live.predicted(ids, predictions, labels)
+
+    def _check_range(self, version: int, model: Learner, x: np.ndarray[Any, Any]) -> None:
+        """Count inputs beyond the range the model was fitted on; say so in the log once a minute."""
+        outside = getattr(model, "outside", None)  # learners without input scaling have no fitted range
+        if outside is None:
+            return
+        count = int(np.count_nonzero(outside(x)))
+        if not count:
+            return
+        self.metrics.inputs_out_of_range.inc(count)
+        self._outside += count
+        if self.clock() - self._last_outside_log >= 60.0:
+            self._last_outside_log = self.clock()
+            log.warning(
+                "%d samples since the last report have inputs beyond the range model version %d was "
+                "fitted on (new units, a broken feed, or a new region of the input space): its predictions "
+                "there are extrapolation",
+                self._outside,
+                version,
+            )
+            self._outside = 0
 
     def _novelty(self, x: np.ndarray[Any, Any]) -> list[str]:
         if self.memory is None:

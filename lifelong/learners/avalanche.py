@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from torch import nn
 from lifelong.errors import RoundAbandoned
 from lifelong.learners.base import Checkpoint, Labeled, ReplaySource, RoundReport, as_inputs
 from lifelong.learners.plugins import MemoryReplay, build_plugin, plugin_state, restore_plugin
+from lifelong.learners.scaling import Scaling
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="JAXopt is no longer maintained", category=DeprecationWarning)
@@ -125,6 +126,8 @@ class AvalancheLearner:
         exclude_from_replay: Callable[[str], bool] | None = None,
         device: str = "auto",
         amp: bool = True,
+        scaling: str = "auto",
+        scaling_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
     ) -> None:
         if loss not in LOSSES:
@@ -143,6 +146,8 @@ class AvalancheLearner:
         self.loss = loss
         self.plugins = {name: dict(options) for name, options in (plugins or {}).items()}
         self.seed = seed
+        low, high = scaling_range
+        self._scaling = Scaling(mode=scaling, low=low, high=high)
         self._device = pick_device(device)
         self.model = model.to(self._device)
         self._seen = torch.zeros(classes, dtype=torch.bool)
@@ -156,7 +161,10 @@ class AvalancheLearner:
         )
         self._criterion = MaskedCrossEntropy(classes)
         self._replay = MemoryReplay(
-            batch_size=replay_batch_size, exclude=exclude_from_replay, review_steps=review_steps
+            batch_size=replay_batch_size,
+            exclude=exclude_from_replay,
+            review_steps=review_steps,
+            inputs=self._inputs,
         )
         self._extra: dict[str, SupervisedPlugin] = {
             name: build_plugin(name, options) for name, options in self.plugins.items()
@@ -191,6 +199,18 @@ class AvalancheLearner:
         """Update rounds run since the model was created."""
         return self._rounds
 
+    @property
+    def scaling(self) -> Scaling:
+        """How inputs are scaled before the model reads them (fitted on the samples trained on)."""
+        return self._scaling
+
+    def _inputs(self, x: np.ndarray[Any, Any]) -> torch.Tensor:
+        return self._scaling(as_inputs(x))
+
+    def outside(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Which rows of ``x`` leave the range of inputs the model was fitted on (see :class:`Scaling`)."""
+        return self._scaling.outside(as_inputs(x))
+
     @torch.no_grad()
     def logits(self, x: np.ndarray[Any, Any], *, batch: int = 1024) -> torch.Tensor:
         """Logits with unseen classes masked (on the CPU)."""
@@ -198,7 +218,7 @@ class AvalancheLearner:
         parts = []
         with self._strategy._autocast():
             for start in range(0, len(x), batch):
-                part = self.model(as_inputs(x[start : start + batch]).to(self._device)).float().cpu()
+                part = self.model(self._inputs(x[start : start + batch]).to(self._device)).float().cpu()
                 parts.append(part)
         logits = torch.cat(parts) if parts else torch.zeros(0, self.classes)
         if self._seen.any():
@@ -231,7 +251,10 @@ class AvalancheLearner:
         self._criterion.mask = present if self.loss == "asymmetric" else self._seen.clone()
         self._replay.source, self._replay.mask = replay, self._seen.to(self._device)
         self._replay.replayed = 0
-        dataset = tensor_dataset(as_inputs(new.x), y, task_labels=0)
+        inputs = as_inputs(new.x)
+        self._scaling.resolve(np.asarray(new.x).dtype)
+        self._scaling.fit(inputs)  # before training: the round learns in the scale it will serve in
+        dataset = tensor_dataset(self._scaling(inputs), y, task_labels=0)
         experience = benchmark_from_datasets(train=[dataset]).train_stream[0]
         losses: list[torch.Tensor] = []
         with _recording(self._strategy, losses, stop), _seeded(self.seed + self._rounds):
@@ -269,8 +292,10 @@ class AvalancheLearner:
                 }
             )
         # Copies: a learner restored from this checkpoint must share no tensor with this one.
+        state.update(self._scaling.state())
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return Checkpoint(
-            weights={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            weights=weights | self._scaling.weights(),
             state=state,
             meta={
                 "rounds": self._rounds,
@@ -281,13 +306,17 @@ class AvalancheLearner:
                     "scalars": scalars,
                 },
                 "plugins": sorted(self._extra),
+                "scaling": self._scaling.meta(),
             },
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint``: the model, optimizer and plugins as they were."""
-        self.model.load_state_dict(checkpoint.weights)
+        scaling = {k: v for k, v in checkpoint.weights.items() if k.startswith("scaling.")}
+        self.model.load_state_dict({k: v for k, v in checkpoint.weights.items() if k not in scaling})
         meta = checkpoint.meta
+        scaling |= {k: v for k, v in checkpoint.state.items() if k.startswith("scaling.")}
+        self._scaling.restore(meta.get("scaling"), scaling)
         self._rounds = int(meta.get("rounds", 0))
         self._seen.zero_()
         self._seen[list(meta.get("seen", []))] = True

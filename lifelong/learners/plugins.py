@@ -103,6 +103,7 @@ class MemoryReplay(SupervisedPlugin):  # type: ignore[misc]
         exclude: Callable[[str], bool] | None = None,
         review_steps: int = 0,
         review_lr_scale: float = 0.1,
+        inputs: Callable[[np.ndarray[Any, Any]], torch.Tensor] = as_inputs,
     ):
         super().__init__()
         self.batch_size = batch_size
@@ -110,6 +111,7 @@ class MemoryReplay(SupervisedPlugin):  # type: ignore[misc]
         self.exclude = exclude
         self.review_steps = review_steps
         self.review_lr_scale = review_lr_scale
+        self.inputs = inputs  # the learner's input scaling: replay is read exactly as new data is
         self.source: ReplaySource | None = None
         self.mask: torch.Tensor | None = None
         self.replayed = 0
@@ -154,7 +156,7 @@ class MemoryReplay(SupervisedPlugin):  # type: ignore[misc]
         rows = np.flatnonzero(keep)[:n]
         if not len(rows):
             return None
-        x = as_inputs(drawn.x[rows]).to(strategy.device, non_blocking=True)
+        x = self.inputs(drawn.x[rows]).to(strategy.device, non_blocking=True)
         y = torch.from_numpy(np.asarray(drawn.y)[rows]).to(strategy.device, non_blocking=True)
         # The memory may hold classes this model never trained on (after a rollback or a
         # rejected round): they become seen here rather than targets with a masked logit.
