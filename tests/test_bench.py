@@ -51,3 +51,34 @@ def test_learning_bench_on_split_digits(tmp_path: Path) -> None:
     assert result["final_avg_accuracy"] > result["baselines"]["naive"] + 0.3
     assert result["avg_forgetting"] < result["baseline_forgetting"]["naive"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_drift_bench_quick_scores_the_daemon_and_every_river_baseline() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "drift.py"), "--quick", "--streams", "sine,phishing", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["delay"] == 100 and result["seeds"] == [0]
+    assert set(result["streams"]) == {"sine", "phishing"}
+    assert [d["at"] for d in result["streams"]["sine"]["drifts"]] == [400, 800, 1200]
+    for stream in result["streams"].values():
+        assert {"seeds", "lifelong", "baselines", "drifts", "wins", "best_baseline"} <= set(stream)
+        assert set(stream["baselines"]) == {"arf", "hat", "scaled_logreg"}
+        assert isinstance(stream["wins"], bool) and stream["best_baseline"] in stream["baselines"]
+        abrupt = [d["at"] for d in stream["drifts"] if d["kind"] == "abrupt"]
+        for model in [stream["lifelong"], *stream["baselines"].values()]:
+            assert 0.0 <= model["accuracy"]["mean"] <= 1.0
+            assert 0.0 < model["coverage"]["mean"] <= 1.0
+            assert [d["at"] for d in model["after_drift"]] == abrupt
+            assert all(0.0 <= d["accuracy"]["mean"] <= 1.0 for d in model["after_drift"])
+        lifelong = stream["lifelong"]
+        assert lifelong["versions"]["promoted"]["mean"] >= 1
+        versions = lifelong["runs"][0]["versions"]
+        assert versions and all(v["reason"] and v["decision"] in ("promoted", "rejected") for v in versions)

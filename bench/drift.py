@@ -1,0 +1,784 @@
+"""The daemon on drifting tabular streams with delayed labels, against River in the same run.
+
+    python bench/drift.py --json                  # every stream, seeds 0 and 1 (about 20-25 min, 2 cores)
+    python bench/drift.py --streams sine,stagger --seeds 0 --json
+    python bench/drift.py --quick --json          # tiny streams, for the test
+
+Each stream goes through the daemon's own path, in process: samples are
+produced **unlabeled** onto an in-memory bus (the same seams as Kafka), and
+each sample's label arrives as a feedback event ``--delay`` samples later
+(default 500). The daemon runs with ``[monitor] publish_predictions = true``:
+it predicts every sample on arrival with the version serving then, and the
+harness scores each published prediction against the sample's label
+(prequential: test, then train). Rounds come from the daemon's own triggers:
+the interval schedule (every second, once ``--round`` labels wait) and drift
+alarms (``[schedule] on_drift``, with its default cooldown). Every other
+setting is the daemon's default except the stream's shape (``[data] features``,
+``max_classes``); ``LIFELONG_*`` environment variables still apply on top, to
+compare settings. The harness waits until ``daemon.readiness()`` (what
+``/readyz`` answers) says ready, then produces.
+
+Results do not depend on the machine's speed: the producer is paced as the
+demo paces it. After each chunk of ``--chunk`` samples (and the labels due by
+then) it waits until the daemon has handled every event sent (predictions
+published, drift signals fed), until no drift-triggered round is due or
+running, and until fewer than a round's labels wait, so a round runs at the
+same point of the stream on any machine. It waits on those signals, never on
+fixed sleeps. (Wall-clock settings such as ``drift_cooldown_s`` and
+``alarm_hold_s`` still count seconds.)
+
+The baselines, in the same run on the same stream and the same delay: River's
+``forest.ARFClassifier``, ``tree.HoeffdingAdaptiveTreeClassifier`` and
+``preprocessing.StandardScaler() | linear_model.LogisticRegression()``
+(one-vs-rest for more than two classes). Each predicts a sample on arrival
+(``predict_one``) and learns it (``learn_one``) when its label arrives,
+``--delay`` samples later.
+
+Streams (River's generators, seeded; a few features of the synthetic ones are
+multiplied by 1e3-1e5 to mimic raw units, the same values for River and the
+daemon): ``hyperplane`` (gradual drift of two weights at every sample),
+``sine`` (abrupt: four segments with SINE1, SINE2, reversed SINE1, reversed
+SINE2, plus two noise features), ``stagger`` (abrupt, categorical codes: its
+three concepts in turn), ``led`` (ten classes, 24 binary features: 0, 3 and 6
+digit segments swapped with irrelevant features in turn), and River's bundled
+``phishing`` and ``bananas``, whole (no known drift points; the same data for
+every seed, which then seeds only River's models). The drift points are in the
+JSON.
+
+Reported per stream and model, as mean/min/max over the seeds:
+
+* ``accuracy``: prequential accuracy over every sample; a sample with no
+  prediction (nothing serving yet) counts as wrong. ``accuracy_predicted``:
+  over the samples the model predicted; ``accuracy_where_lifelong_predicted``:
+  over the samples the daemon predicted (quality apart from coverage).
+* ``after_drift``: for each abrupt change, accuracy on the samples from the
+  change to the next change (or the end), and ``recovery``: the samples from
+  the change until the accuracy over the last 200 samples is back within 0.05
+  of the model's accuracy on the 1,000 samples before the change (at least
+  200; null when it never is before the next change).
+* ``coverage``: the share of samples predicted (all of them were produced
+  after ``/readyz``); for the daemon also ``coverage_after_first_version``.
+* the daemon's versions promoted, rejected and rolled back, and the gate's
+  reason for each version (``runs[].versions``; ``rejection_reasons`` counts
+  the reasons with their numbers masked).
+* ``wins``: the daemon's mean accuracy is at least the best River model's,
+  overall and after every abrupt change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from river import datasets, forest, linear_model, multiclass, preprocessing, tree
+from river.datasets import synth
+
+from lifelong.config import Settings, load_settings
+from lifelong.connectors.base import Batch, Source, TopicPartition
+from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
+from lifelong.daemon.app import Daemon
+from lifelong.daemon.ingest import Stored
+from lifelong.daemon.wiring import Connectors, build_daemon
+from lifelong.events import TopicDecoder, encode_feedback, encode_sample
+
+log = logging.getLogger("bench.drift")
+
+STREAMS = ("hyperplane", "sine", "stagger", "led", "phishing", "bananas")
+BASELINES = {
+    "arf": "forest.ARFClassifier(seed=seed)",
+    "hat": "tree.HoeffdingAdaptiveTreeClassifier(seed=seed)",
+    "scaled_logreg": "preprocessing.StandardScaler() | linear_model.LogisticRegression() (one-vs-rest)",
+}
+WINDOW = 200  # the rolling accuracy that must recover after a change ...
+BEFORE = 1000  # ... to within TOLERANCE of its level on this many samples before it
+TOLERANCE = 0.05
+SETTLE_TIMEOUT_S = 900.0  # one chunk; only a stuck daemon takes this long
+
+
+# -- streams ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A known change in the stream: ``abrupt`` at sample ``at``, or ``gradual`` from ``at`` on."""
+
+    at: int
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One seeded stream: inputs as they go on the wire (raw units), integer labels, its drifts."""
+
+    name: str
+    x: np.ndarray[Any, Any]
+    y: np.ndarray[Any, Any]
+    classes: int
+    drifts: list[Drift]
+    scaled: dict[int, float]
+
+    @property
+    def abrupt(self) -> list[int]:
+        return [d.at for d in self.drifts if d.kind == "abrupt"]
+
+
+def _take(
+    rows: Iterable[tuple[dict[Any, Any], Any]], n: int | None
+) -> tuple[list[dict[Any, Any]], list[int]]:
+    xs, ys = [], []
+    for x, y in itertools.islice(rows, n):
+        xs.append(x)
+        ys.append(int(y))
+    return xs, ys
+
+
+def _segments(
+    name: str, make: Callable[[int], Iterable[tuple[dict[Any, Any], Any]]], concepts: Sequence[str], n: int
+) -> tuple[list[dict[Any, Any]], list[int], list[Drift]]:
+    """Concatenate ``n`` samples of each concept: an abrupt change at each boundary."""
+    xs: list[dict[Any, Any]] = []
+    ys: list[int] = []
+    drifts = []
+    for k, concept in enumerate(concepts):
+        if k:
+            drifts.append(Drift(len(ys), "abrupt", f"{name}: {concepts[k - 1]} -> {concept}"))
+        x, y = _take(make(k), n)
+        xs += x
+        ys += y
+    return xs, ys, drifts
+
+
+def make_stream(name: str, seed: int, *, quick: bool) -> Stream:
+    """The stream ``name`` generated with ``seed`` (``quick``: a few hundred samples per concept)."""
+    drifts: list[Drift] = []
+    scale: dict[int, float] = {}
+    if name == "hyperplane":
+        n = 1200 if quick else 10_000
+        gen = synth.Hyperplane(seed=seed, n_features=10, n_drift_features=2, mag_change=0.001)
+        xs, ys = _take(gen, n)
+        drifts = [Drift(0, "gradual", "hyperplane: 2 of 10 weights change by 0.001 at every sample")]
+        classes, scale = 2, {0: 1e3, 1: 1e5, 5: 1e4}
+    elif name == "sine":
+        functions = ["SINE1", "reversed SINE1", "SINE2", "reversed SINE2"]
+        order = [0, 2, 1, 3]
+        xs, ys, drifts = _segments(
+            name,
+            lambda k: synth.Sine(classification_function=order[k], seed=seed * 10 + k, has_noise=True),
+            [functions[f] for f in order],
+            400 if quick else 2500,
+        )
+        classes, scale = 2, {0: 1e3, 1: 1e5, 3: 1e4}
+    elif name == "stagger":
+        concepts = ["small and red", "green or circle", "medium or large"]
+        xs, ys, drifts = _segments(
+            name,
+            lambda k: synth.STAGGER(classification_function=k, seed=seed * 10 + k),
+            concepts,
+            400 if quick else 3000,
+        )
+        classes, scale = 2, {0: 1e3, 1: 1e4}
+    elif name == "led":
+        swapped = [0, 3, 6]
+        xs, ys, drifts = _segments(
+            name,
+            lambda k: synth.LEDDrift(
+                seed=seed * 10 + k,
+                noise_percentage=0.1,
+                irrelevant_features=True,
+                n_drift_features=swapped[k],
+            ),
+            [f"{s} segments swapped" for s in swapped],
+            400 if quick else 3000,
+        )
+        classes, scale = 10, {0: 1e3, 3: 1e5, 10: 1e4}
+    elif name == "phishing":
+        xs, ys = _take(datasets.Phishing(), 1000 if quick else None)
+        classes = 2
+    elif name == "bananas":
+        xs, ys = _take(datasets.Bananas(), 1000 if quick else None)
+        classes = 2
+    else:
+        raise ValueError(f"no stream {name!r}; choose from {', '.join(STREAMS)}")
+    keys = sorted({key for row in xs for key in row}, key=str)
+    x = np.array([[float(row.get(key, 0.0)) for key in keys] for row in xs], dtype=np.float64)
+    for column, factor in scale.items():
+        x[:, column] *= factor
+    return Stream(
+        name=name,
+        x=x.astype(np.float32),  # what the wire carries; River reads the same values
+        y=np.asarray(ys, dtype=np.int64),
+        classes=classes,
+        drifts=drifts,
+        scaled=scale,
+    )
+
+
+# -- River ------------------------------------------------------------------------------------------
+
+
+def river_model(name: str, classes: int, seed: int) -> Any:
+    """A fresh baseline model."""
+    if name == "arf":
+        return forest.ARFClassifier(seed=seed)
+    if name == "hat":
+        return tree.HoeffdingAdaptiveTreeClassifier(seed=seed)
+    if name == "scaled_logreg":
+        head = (
+            linear_model.LogisticRegression()
+            if classes == 2
+            else multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
+        )
+        return preprocessing.StandardScaler() | head
+    raise ValueError(f"no baseline {name!r}")
+
+
+def run_river(name: str, stream: Stream, *, delay: int, seed: int) -> tuple[np.ndarray[Any, Any], float]:
+    """Predict each sample on arrival, learn it ``delay`` samples later; the predictions (-1: none)."""
+    started = time.monotonic()
+    model = river_model(name, stream.classes, seed)
+    binary = stream.classes == 2
+    rows = [dict(enumerate(map(float, row))) for row in stream.x]
+    labels: list[Any] = [bool(y) for y in stream.y] if binary else [int(y) for y in stream.y]
+    predicted = np.full(len(rows), -1, dtype=np.int64)
+    for i, x in enumerate(rows):
+        guess = model.predict_one(x)
+        if guess is not None:
+            predicted[i] = int(guess)
+        if i >= delay:
+            model.learn_one(rows[i - delay], labels[i - delay])
+    return predicted, time.monotonic() - started
+
+
+# -- the daemon -------------------------------------------------------------------------------------
+
+
+class WakingBus(MemoryBus):
+    """A :class:`MemoryBus` whose chunks land at once and whose readers wait for them (Kafka's long poll)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = threading.Condition()
+
+    def produce_all(self, records: Iterable[tuple[str, str, bytes]]) -> int:
+        """Append every (topic, key, value) in one step; return how many."""
+        with self.arrived:
+            count = 0
+            for topic, key, value in records:
+                self.produce(topic, value, key=key.encode())
+                count += 1
+            self.arrived.notify_all()
+        return count
+
+
+class WaitingSource(MemorySource):
+    """A memory source whose poll waits up to its timeout for records instead of returning at once."""
+
+    bus: WakingBus
+
+    def poll(self, timeout_s: float) -> Sequence[Batch]:
+        with self.bus.arrived:
+            found = super().poll(timeout_s)
+            if not found:
+                self.bus.arrived.wait(timeout_s)
+                found = super().poll(timeout_s)
+        return found
+
+
+def connectors(settings: Settings, bus: WakingBus) -> Connectors:
+    kafka = settings.kafka
+
+    def source(positions: Mapping[tuple[str, int], int], decode: TopicDecoder) -> Source:
+        def start(tp: TopicPartition) -> int | None:
+            return positions.get((tp.topic, tp.partition))
+
+        return WaitingSource(
+            bus=bus,
+            topics=[kafka.samples_topic, kafka.feedback_topic],
+            positions=start,
+            max_poll_records=kafka.max_poll_records,
+        )
+
+    return Connectors(
+        source=source,
+        dead_letters=MemoryDeadLetterSink(bus=bus, topic=kafka.dead_letter_topic),
+        publisher=lambda topic: MemoryPublisher(bus=bus, topic=topic),
+    )
+
+
+def daemon_settings(stream: Stream, state_dir: Path, round_labels: int) -> Settings:
+    """Defaults, the stream's shape, rounds once ``round_labels`` wait; ``LIFELONG_*`` variables on top."""
+    environ = {
+        "LIFELONG_DATA__FEATURES": str(stream.x.shape[1]),
+        "LIFELONG_DATA__MAX_CLASSES": str(stream.classes),
+        "LIFELONG_SCHEDULE__INTERVAL_S": "1",
+        "LIFELONG_SCHEDULE__MIN_NEW_LABELS": str(round_labels),
+    }
+    environ |= {k: v for k, v in os.environ.items() if k.startswith("LIFELONG_")}
+    environ |= {
+        "LIFELONG_STATE__DIR": str(state_dir),
+        "LIFELONG_MONITOR__PUBLISH_PREDICTIONS": "true",
+        "LIFELONG_HTTP__ENABLED": "false",
+    }
+    return load_settings(None, environ=environ)
+
+
+class Pacer:
+    """Watches a daemon through its seams, so the producer can wait until it has caught up.
+
+    ``observed``: events the daemon has stored and watched (predicted, scored, fed to the
+    drift signals). ``drift_due``/``drift_done``: drift alarms that made a round due, and the
+    latest of them whose round has run. Every scheduled round passes :meth:`_scheduled`.
+    """
+
+    def __init__(self, daemon: Daemon, round_labels: int, produced: Callable[[], int]) -> None:
+        control, schedule = daemon.control, daemon.schedule
+        if control is None or schedule is None:
+            raise RuntimeError("the daemon has no update rounds ([learner] enabled = false?)")
+        self.daemon = daemon
+        self.control = control
+        self.round_labels = round_labels
+        self.produced = produced
+        self.observed = 0
+        self.drift_due = 0
+        self.drift_done = 0
+        self.drift_rounds_at: list[int] = []
+        self.changed = threading.Condition()
+        self.error: BaseException | None = None
+        watch = daemon.ingestor.on_stored
+        self._watch = watch
+        daemon.ingestor.on_stored = self._observe
+        self._drift = control.drift
+        control.drift = self._drift_alarm  # type: ignore[method-assign]
+        self._run = schedule.run
+        schedule.run = self._scheduled  # read when the schedule starts and at each trigger_now
+
+    def _observe(self, stored: Stored) -> None:
+        try:
+            if self._watch is not None:
+                self._watch(stored)
+        finally:
+            with self.changed:
+                self.observed += sum(stored.events.values())
+                self.changed.notify_all()
+
+    def _drift_alarm(self, signals: list[str]) -> bool:
+        due = self._drift(signals)
+        if due:
+            with self.changed:
+                self.drift_due += 1
+                self.drift_rounds_at.append(self.produced())
+        return due
+
+    def _scheduled(self, trigger: str) -> object:
+        seen = self.drift_due
+        try:
+            return self._run(trigger)
+        finally:
+            with self.changed:
+                if trigger == "drift":
+                    self.drift_done = max(self.drift_done, seen)
+                self.changed.notify_all()
+
+    def caught_up(self, sent: int) -> bool:
+        control = self.control
+        return (
+            self.observed >= sent
+            and self.drift_done >= self.drift_due
+            and not control.running
+            and control.updater.pending() < self.round_labels
+        )
+
+    def settle(self, sent: int, alive: Callable[[], bool]) -> None:
+        """Return once the daemon has handled ``sent`` events and trained what a round would."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        failed = self.control.counts.get("failed", 0)
+        while not self.caught_up(sent):
+            if self.error is not None or not alive():
+                raise RuntimeError(f"the daemon stopped: {self.error!r}")
+            if self.control.counts.get("failed", 0) > failed:
+                raise RuntimeError("an update round failed; see the log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the daemon did not catch up in {SETTLE_TIMEOUT_S:.0f}s: "
+                    f"observed {self.observed}/{sent}, "
+                    f"drift rounds {self.drift_done}/{self.drift_due}, running {self.control.running}, "
+                    f"pending {self.control.updater.pending()}"
+                )
+            with self.changed:
+                self.changed.wait(0.02)
+
+
+@dataclass
+class DaemonRun:
+    """What one stream through the daemon produced."""
+
+    predicted: np.ndarray[Any, Any]
+    seconds: float
+    ready_s: float
+    versions: list[dict[str, Any]]
+    drift_rounds_at: list[int]
+    alarms: dict[str, int]
+    rollbacks: dict[str, int]
+
+
+def run_daemon(stream: Stream, *, delay: int, round_labels: int, chunk: int) -> DaemonRun:
+    """Stream samples unlabeled and their labels ``delay`` samples later; collect the predictions."""
+    started = time.monotonic()
+    n = len(stream.y)
+    ids = [f"{stream.name}-{i}" for i in range(n)]
+    with tempfile.TemporaryDirectory(prefix="lifelong-drift-") as directory, ExitStack() as stack:
+        settings = daemon_settings(stream, Path(directory) / "state", round_labels)
+        kafka = settings.kafka
+        bus = WakingBus()
+        daemon = build_daemon(settings, stack, connectors=connectors(settings, bus))
+        produced = 0
+        pacer = Pacer(daemon, round_labels, lambda: produced)
+
+        def run() -> None:
+            try:
+                daemon.run()
+            except BaseException as error:
+                pacer.error = error
+                raise
+
+        thread = threading.Thread(target=run, name="lifelong-daemon", daemon=True)
+        thread.start()
+        while not daemon.readiness()[0]:  # what /readyz answers
+            if not thread.is_alive():
+                raise RuntimeError(f"the daemon stopped before it was ready: {pacer.error!r}")
+            with pacer.changed:
+                pacer.changed.wait(0.02)
+        ready_s = time.monotonic() - started
+        sent = 0
+        timeline: list[tuple[float, int]] = [(time.time(), 0)]
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            records = [
+                (kafka.samples_topic, ids[i], encode_sample(ids[i], stream.x[i], None))
+                for i in range(start, end)
+            ]
+            records += [
+                (kafka.feedback_topic, ids[j], encode_feedback(ids[j], int(stream.y[j])))
+                for j in range(max(0, start - delay), max(0, end - delay))
+            ]
+            sent += bus.produce_all(records)
+            produced = end
+            timeline.append((time.time(), end))
+            pacer.settle(sent, thread.is_alive)
+        versions = daemon.versions()["versions"]
+        control = pacer.control
+        rollbacks = dict(control.rollbacks)
+        registry = daemon.metrics.registry if daemon.metrics is not None else None
+        alarms = {
+            signal: int(
+                (registry.get_sample_value("lifelong_drift_alarms_total", {"signal": signal}) or 0)
+                if registry is not None
+                else 0
+            )
+            for signal in ("novelty", "label_shift", "accuracy")
+        }
+        daemon.stop()
+        thread.join(timeout=120)
+        predicted = np.full(n, -1, dtype=np.int64)
+        index = {id: i for i, id in enumerate(ids)}
+        for record in bus.records(kafka.predictions_topic):
+            body = json.loads(record.value or b"{}")
+            i = index.get(body.get("id"))
+            if i is not None and predicted[i] < 0:  # the first prediction of a sample is its score
+                predicted[i] = int(body["y"])
+    times = [t for t, _ in timeline]
+    for version in versions:
+        # The stream position when the version was recorded: it predicts the samples after it.
+        k = max(0, int(np.searchsorted(times, version["created_at"], side="right")) - 1)
+        version["at"] = timeline[k][1]
+    return DaemonRun(
+        predicted=predicted,
+        seconds=time.monotonic() - started,
+        ready_s=ready_s,
+        versions=versions,
+        drift_rounds_at=pacer.drift_rounds_at,
+        alarms=alarms,
+        rollbacks=rollbacks,
+    )
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+
+
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, min and max over seeds (null entries, e.g. a change never recovered from, are left out)."""
+    found = [v for v in values if v is not None]
+    out: dict[str, Any] = {"values": [None if v is None else round(v, 4) for v in values]}
+    if found:
+        out |= {"mean": round(statistics.fmean(found), 4), "min": round(min(found), 4)}
+        out["max"] = round(max(found), 4)
+    else:
+        out |= {"mean": None, "min": None, "max": None}
+    if len(found) < len(values):
+        out["null"] = len(values) - len(found)
+    return out
+
+
+def recovery(right: np.ndarray[Any, Any], at: int, start: int, end: int) -> int | None:
+    """Samples after the change at ``at`` until the last WINDOW's accuracy is back near its level before.
+
+    The level: accuracy on the BEFORE samples before ``at`` (from ``start``, the previous change,
+    at most). None when the rolling accuracy never gets within TOLERANCE of it before ``end``.
+    """
+    reference = right[max(start, at - BEFORE) : at]
+    if len(reference) < WINDOW or end - at < WINDOW:
+        return None
+    level = float(reference.mean())
+    total = np.concatenate([[0], np.cumsum(right[at:end], dtype=np.int64)])
+    rolling = (total[WINDOW:] - total[:-WINDOW]) / WINDOW  # rolling[k]: samples at+k .. at+k+WINDOW-1
+    back = np.flatnonzero(rolling >= level - TOLERANCE)
+    return None if not len(back) else int(back[0]) + WINDOW
+
+
+def score(
+    predicted: np.ndarray[Any, Any], stream: Stream, *, daemon: np.ndarray[Any, Any] | None = None
+) -> dict[str, Any]:
+    """One model's prequential figures on one seed's stream (``daemon``: the daemon's predictions)."""
+    right = predicted == stream.y
+    covered = predicted >= 0
+    served = covered if daemon is None else daemon >= 0
+    changes = stream.abrupt
+    bounds = [0, *changes, len(right)]
+    after = []
+    for k, at in enumerate(changes):
+        end = bounds[k + 2]
+        after.append(
+            {
+                "accuracy": float(right[at:end].mean()),
+                "recovery": recovery(right, at, bounds[k], end),
+            }
+        )
+    return {
+        "accuracy": float(right.mean()),
+        "accuracy_predicted": float(right[covered].mean()) if covered.any() else None,
+        # On the samples the daemon predicted: quality apart from coverage.
+        "accuracy_where_lifelong_predicted": float(right[served].mean()) if served.any() else None,
+        "coverage": float(covered.mean()),
+        "after_drift": after,
+    }
+
+
+def summarize(runs: list[dict[str, Any]], stream: Stream) -> dict[str, Any]:
+    """Seeds folded into spreads."""
+    out: dict[str, Any] = {
+        key: spread([r[key] for r in runs])
+        for key in ("accuracy", "accuracy_predicted", "accuracy_where_lifelong_predicted", "coverage")
+    }
+    out["after_drift"] = [
+        {
+            "at": at,
+            "accuracy": spread([r["after_drift"][k]["accuracy"] for r in runs]),
+            "recovery": spread([r["after_drift"][k]["recovery"] for r in runs]),
+        }
+        for k, at in enumerate(stream.abrupt)
+    ]
+    return out
+
+
+def reason_kind(reason: str | None) -> str:
+    """A gate reason with its numbers masked, so reasons of one kind count together."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason or "(none)")
+
+
+def daemon_figures(runs: list[DaemonRun], scores: list[dict[str, Any]], stream: Stream) -> dict[str, Any]:
+    out = summarize(scores, stream)
+    after_first = []
+    for run in runs:
+        first = min((v["at"] for v in run.versions if v["decision"] == "promoted"), default=None)
+        covered = run.predicted[first:] >= 0 if first is not None else np.zeros(0, dtype=bool)
+        after_first.append(float(covered.mean()) if len(covered) else None)
+    out["coverage_after_first_version"] = spread(after_first)
+    counts: dict[str, list[float | None]] = {"promoted": [], "rejected": [], "rolled_back": []}
+    reasons: Counter[str] = Counter()
+    for run in runs:
+        decisions = Counter(v["decision"] for v in run.versions)
+        counts["promoted"].append(decisions["promoted"])
+        counts["rejected"].append(decisions["rejected"])
+        counts["rolled_back"].append(sum(v["status"] == "rolled_back" for v in run.versions))
+        reasons.update(reason_kind(v["reason"]) for v in run.versions if v["decision"] == "rejected")
+    out["versions"] = {key: spread(values) for key, values in counts.items()}
+    out["rejection_reasons"] = dict(reasons.most_common())
+    out["runs"] = [
+        {
+            "seconds": round(run.seconds, 1),
+            "ready_s": round(run.ready_s, 2),
+            "first_prediction_at": int(np.argmax(run.predicted >= 0)) if (run.predicted >= 0).any() else None,
+            "drift_rounds_at": run.drift_rounds_at,
+            "drift_alarms": run.alarms,
+            "rollbacks": run.rollbacks,
+            "versions": [
+                {
+                    "version": v["version"],
+                    "at": v["at"],
+                    "decision": v["decision"],
+                    "status": v["status"],
+                    "reason": v["reason"],
+                    "rolled_back": (v.get("rolled_back") or {}).get("reason"),
+                }
+                for v in run.versions
+            ],
+        }
+        for run in runs
+    ]
+    return out
+
+
+def wins(lifelong: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Whether the daemon's mean accuracy is at least every baseline's, overall and after each change."""
+    best = max(baselines, key=lambda name: baselines[name]["accuracy"]["mean"])
+    overall = lifelong["accuracy"]["mean"] >= max(b["accuracy"]["mean"] for b in baselines.values())
+    after = [
+        drift["accuracy"]["mean"] >= max(b["after_drift"][k]["accuracy"]["mean"] for b in baselines.values())
+        for k, drift in enumerate(lifelong["after_drift"])
+    ]
+    return {"wins": overall and all(after), "best_baseline": best, "overall": overall, "after_drift": after}
+
+
+def bench_stream(
+    name: str, seeds: Sequence[int], *, delay: int, round_labels: int, chunk: int, quick: bool
+) -> dict[str, Any]:
+    streams = [make_stream(name, seed, quick=quick) for seed in seeds]
+    runs, lifelong_scores = [], []
+    river_scores: dict[str, list[dict[str, Any]]] = {model: [] for model in BASELINES}
+    river_seconds: dict[str, float] = dict.fromkeys(BASELINES, 0.0)
+    for seed, stream in zip(seeds, streams, strict=True):
+        run = run_daemon(stream, delay=delay, round_labels=round_labels, chunk=chunk)
+        runs.append(run)
+        lifelong_scores.append(score(run.predicted, stream))
+        for model in BASELINES:
+            predicted, seconds = run_river(model, stream, delay=delay, seed=seed)
+            river_scores[model].append(score(predicted, stream, daemon=run.predicted))
+            river_seconds[model] += seconds
+        print(
+            f"  {name} seed {seed}: {len(stream.y)} samples, daemon {run.seconds:.0f}s, accuracy "
+            f"{lifelong_scores[-1]['accuracy']:.3f} (coverage {lifelong_scores[-1]['coverage']:.3f}); river "
+            + ", ".join(f"{m} {river_scores[m][-1]['accuracy']:.3f}" for m in BASELINES),
+            file=sys.stderr,
+            flush=True,
+        )
+    first = streams[0]
+    lifelong = daemon_figures(runs, lifelong_scores, first)
+    baselines = {
+        model: summarize(scores, first) | {"seconds": round(river_seconds[model], 1)}
+        for model, scores in river_scores.items()
+    }
+    verdict = wins(lifelong, baselines)
+    return {
+        "samples": len(first.y),
+        "features": int(first.x.shape[1]),
+        "classes": first.classes,
+        "scaled_features": {str(k): v for k, v in first.scaled.items()},
+        "drifts": [{"at": d.at, "kind": d.kind, "detail": d.detail} for d in first.drifts],
+        "seeds": list(seeds),
+        "lifelong": lifelong,
+        "baselines": baselines,
+        "best_baseline": verdict.pop("best_baseline"),
+        "wins": verdict.pop("wins"),
+        "wins_detail": verdict,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The headline figures, one line per stream (means over seeds)."""
+
+    def mean(spread_: dict[str, Any]) -> str:
+        value = spread_["mean"]
+        return "  -  " if value is None else f"{value:.3f}"
+
+    lines = [
+        f"{'stream':<11} {'lifelong':>8} {'best river':>22} {'coverage':>8}  post-change (lifelong/best)"
+    ]
+    for name, s in result["streams"].items():
+        best = s["baselines"][s["best_baseline"]]
+        post = " ".join(
+            f"{mean(d['accuracy'])}/{mean(best['after_drift'][k]['accuracy'])}"
+            for k, d in enumerate(s["lifelong"]["after_drift"])
+        )
+        lines.append(
+            f"{name:<11} {mean(s['lifelong']['accuracy']):>8} "
+            f"{s['best_baseline'] + ' ' + mean(best['accuracy']):>22} {mean(s['lifelong']['coverage']):>8}  "
+            f"{post or ('(gradual)' if s['drifts'] else '(none known)')}{'  WINS' if s['wins'] else ''}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--streams", default=",".join(STREAMS), help=f"comma-separated, of {', '.join(STREAMS)}"
+    )
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1; --quick: 0)")
+    parser.add_argument(
+        "--delay", type=int, default=None, help="samples until a label arrives (500; --quick 100)"
+    )
+    parser.add_argument(
+        "--round", type=int, default=None, help="labels that make a round due (500; --quick 200)"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=100, help="samples produced before the daemon catches up"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny streams, for a test")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--verbose", action="store_true", help="the daemon's INFO log on stderr")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    if not args.verbose:  # "skipped: maximum number of running instances": the next interval will do
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    names = [s.strip() for s in args.streams.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(STREAMS))
+    if unknown:
+        parser.error(f"unknown stream(s) {', '.join(unknown)}; choose from {', '.join(STREAMS)}")
+    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1")).split(",")]
+    delay = args.delay if args.delay is not None else (100 if args.quick else 500)
+    round_labels = args.round if args.round is not None else (200 if args.quick else 500)
+    if delay < 1 or round_labels < 1 or args.chunk < 1:
+        parser.error("--delay, --round and --chunk must be positive")
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "delay": delay,
+        "round": round_labels,
+        "chunk": args.chunk,
+        "seeds": seeds,
+        "quick": args.quick,
+        "baseline_models": BASELINES,
+        "recovery": {"window": WINDOW, "before": BEFORE, "tolerance": TOLERANCE},
+        "streams": {},
+    }
+    for name in names:
+        result["streams"][name] = bench_stream(
+            name, seeds, delay=delay, round_labels=round_labels, chunk=args.chunk, quick=args.quick
+        )
+    result["wins_all"] = all(s["wins"] for s in result["streams"].values())
+    result["seconds"] = round(time.monotonic() - started, 1)
+    if not args.json:
+        print(table(result))
+    print(json.dumps(result, indent=None if args.json else 2, allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
