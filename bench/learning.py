@@ -34,9 +34,9 @@ import torch
 
 from lifelong.benchmarks import SCENARIOS, Scenario, scenario
 from lifelong.config import LearnerSettings, ScheduleSettings
+from lifelong.daemon.learning import build_gate
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import Labeled, Learner, as_inputs
-from lifelong.learners.gate import Gate
 from lifelong.learners.models import build_model
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.rehearsal import RehearsalMemory
@@ -66,12 +66,7 @@ def run_lifelong(
 ) -> dict[str, Any]:
     trainer = Trainer(
         build=lambda: learner(settings, sc, exclude_from_replay=trainer.held_out),
-        gate=Gate(
-            recent_tolerance=settings.gate_recent_tolerance,
-            memory_tolerance=settings.gate_memory_tolerance,
-            min_samples=settings.gate_min_samples,
-            z=settings.gate_z,
-        ),
+        gate=build_gate(settings),
         holdout=settings.holdout,
     )
     dtype = sc.tasks[0].x.dtype
@@ -83,10 +78,12 @@ def run_lifelong(
         memory = RehearsalMemory(
             Path(directory), features=sc.features, capacity=memory_size, policy="class_balanced", dtype=dtype
         )
+        waiting: list[Labeled] = []  # the labels of rounds the gate could not judge yet (deferred)
         for task in sc.tasks:
-            for new in chunks(task, round_size):
-                memory.add(new.ids, new.x, new.y)
-                _, held = trainer.split(new)
+            for chunk in chunks(task, round_size):
+                memory.add(chunk.ids, chunk.x, chunk.y)
+                new = _joined([*waiting, chunk])
+                _, held = trainer.split(chunk)
                 recent.extend(zip(held.ids, held.x, held.y.tolist(), strict=True))
                 slice_ = memory.select(trainer.held_out)
                 result = trainer.round(
@@ -95,6 +92,11 @@ def run_lifelong(
                     recent=_labeled(recent, sc.features, dtype),
                     remembered=Labeled(ids=slice_.ids, x=slice_.x, y=slice_.y),
                 )
+                if not result.verdict.judged:
+                    decisions["deferred"] += 1
+                    waiting = [new]
+                    continue
+                waiting = []
                 decisions["promoted" if result.verdict.promote else "rejected"] += 1
                 if result.verdict.promote:
                     trainer.promote(result.candidate)
@@ -102,6 +104,16 @@ def run_lifelong(
             matrix.append(evaluate(trainer.champion, sc))
         memory.close()
     return {"matrix": matrix, "versions": dict(decisions)}
+
+
+def _joined(parts: list[Labeled]) -> Labeled:
+    if len(parts) == 1:
+        return parts[0]
+    return Labeled(
+        ids=[id for p in parts for id in p.ids],
+        x=np.concatenate([p.x for p in parts]),
+        y=np.concatenate([p.y for p in parts]),
+    )
 
 
 def _labeled(rows: Any, features: int, dtype: Any) -> Labeled:

@@ -67,6 +67,11 @@ class DataSettings(_Section):
     features: int = Field(64, ge=1)
     max_classes: int = Field(10, ge=2)
     max_message_bytes: int = Field(1_048_576, ge=64)
+    # Feedback that changes a label already given: "hold" keeps it out of training until the serving
+    # model or the sample's memory neighbours agree with it (dropped after ``relabel_hold_s`` of stream
+    # time without), "accept" applies it at once (the last label read wins).
+    relabels: Literal["hold", "accept"] = "hold"
+    relabel_hold_s: float = Field(7 * 24 * 3600.0, gt=0)
 
 
 class StateSettings(_Section):
@@ -97,6 +102,9 @@ class MemorySettings(_Section):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     # IVF lists each CPU search visits (of about sqrt(capacity)): recall against speed.
     nprobe: int = Field(8, ge=1)
+    # The least chance a new sample has to enter the full memory: 0 keeps all history alike; above 0
+    # the memory leans to about the newest capacity / recency samples (for concepts that move on).
+    recency: float = Field(0.0, ge=0, le=1)
 
 
 class LearnerSettings(_Section):
@@ -139,6 +147,12 @@ class LearnerSettings(_Section):
     gate_min_samples: int = Field(20, ge=1)
     # Standard errors of the paired difference added to the tolerances: noise on small sets is not a drop.
     gate_z: float = Field(2.0, ge=0)
+    # A held-out set whose noise (gate_z standard errors) exceeds this judges nothing: too few samples.
+    gate_max_margin: float = Field(0.1, gt=0, le=1)
+    # ADWIN's confidence when it looks for the point where the champion's held-out errors rose (a change).
+    gate_change_delta: float = Field(0.002, gt=0, lt=1)
+    # Rounds in a row that must see such a change before a candidate following it can be promoted.
+    gate_change_rounds: int = Field(2, ge=1)
     keep_versions: int = Field(20, ge=1)
     seed: int = 0
 

@@ -40,5 +40,9 @@ class VersionNotFoundError(LifelongError, LookupError):
     """No model version has the number asked for; the message names it."""
 
 
+class RoundDeferred(LifelongError):
+    """A round the gate could not judge (too few held-out samples): nothing recorded, its labels wait."""
+
+
 class RoundAbandoned(LifelongError, RuntimeError):
     """An update round was stopped before it finished (shutdown); nothing of it was recorded."""

@@ -40,7 +40,7 @@ def stream(seed: int = 0, samples: int = 1000, malformed: int = 200) -> Iterator
     """(topic kind, key, value) in production order.
 
     Even samples carry their label; odd ones get it from feedback: a third of those
-    before the sample arrives, some twice (the last one is the label that counts).
+    before the sample arrives, some twice (the daemon holds the second back: relabels = "hold").
     """
     rng = random.Random(seed)
     events: list[tuple[str, bytes, bytes]] = []

@@ -87,6 +87,27 @@ def test_every_sample_of_a_long_stream_is_kept_with_equal_chance(tmp_path: Path,
     assert 300 < first < 500
 
 
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+def test_recency_leans_the_memory_to_the_newest_samples(tmp_path: Path, policy: Policy) -> None:
+    def ages(recency: float) -> np.ndarray:  # type: ignore[type-arg]
+        memory = RehearsalMemory(
+            tmp_path / f"{policy}{recency}", features=FEATURES, capacity=50, policy=policy, recency=recency
+        )
+        for ids, x, _ in batches(np.random.default_rng(3), 40, 50):  # 2,000 samples, one class
+            memory.add(ids, x, np.zeros(len(ids), dtype=np.int64))
+        kept = np.array([int(id[1:]) for id in memory.sample(50).ids])
+        memory.close()
+        return kept
+
+    alike, recent = ages(0.0), ages(0.1)
+    # Without recency the kept samples span the stream; with 0.1 a sample's survival decays as
+    # exp(-age / 500): the median kept sample is about 350 old.
+    assert np.median(alike) < 1400
+    assert np.median(recent) > 1500 and np.mean(recent) > np.mean(alike) + 400, np.sort(recent)
+    with pytest.raises(ValueError, match="recency"):
+        RehearsalMemory(tmp_path / "bad", features=FEATURES, capacity=5, recency=2.0)
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_inputs_loaded_on_demand_give_the_same_memory(tmp_path: Path, policy: Policy) -> None:
     eager = RehearsalMemory(tmp_path / "e", features=FEATURES, capacity=200, policy=policy)

@@ -84,6 +84,52 @@ def test_feedback_overrides_inline_and_latest_feedback_wins(store: SampleStore) 
     assert labels(store) == {"a": 0}
 
 
+def test_held_relabels_wait_out_of_training_until_released_or_dropped(tmp_path: Path) -> None:
+    with SampleStore.open(tmp_path, hold_relabels=True) as store:
+        store.apply(batch(Sample("a", X, 1), Sample("b", X, 1), Sample("c", X, 1), Sample("w", X)))
+        events = store.last_label_event()
+        applied = store.apply(batch(Feedback("a", 2), Feedback("b", 3), Feedback("c", 4), Feedback("w", 5)))
+        # The waiting sample takes its first label; the three that change a label are held.
+        assert (applied.held, applied.labeled_late, applied.relabeled) == (3, 1, 0)
+        assert labels(store) == {"a": 1, "b": 1, "c": 1, "w": 5}
+        assert [e[1] for e in store.label_events(events, 10)] == ["w"]
+        assert [(h.id, h.y, h.was) for h in store.held_labels()] == [("a", 2, 1), ("b", 3, 1), ("c", 4, 1)]
+        store.apply(batch(Feedback("c", 1)))  # the label in place, said again: the relabel is withdrawn
+        assert [h.id for h in store.held_labels()] == ["a", "b"]
+
+        events = store.last_label_event()
+        assert store.release_labels(["a", "nope"]) == 1
+        assert labels(store)["a"] == 2
+        assert [(e[1], e[2]) for e in store.label_events(events, 10)] == [("a", 2)]
+        assert store.drop_held(["b"]) == 1
+        assert labels(store)["b"] == 1 and store.held_count() == 0
+        counters = store.status().counters
+        assert (counters["held"], counters["held_released"], counters["held_dropped"]) == (3, 1, 1)
+        store.apply(batch(Feedback("b", 7)))
+        assert store.forget(["b"]) == ["b"] and store.held_count() == 0
+
+
+@pytest.mark.parametrize(
+    "inline, feedback",
+    [(1, [2, 3]), (1, [2, 1]), (1, [1, 3]), (None, [2, 3]), (1, [2]), (None, [2]), (1, [1])],
+)
+def test_held_labels_do_not_depend_on_how_the_topics_interleave(
+    tmp_path: Path, inline: int | None, feedback: list[int]
+) -> None:
+    outcomes = []
+    for cut in range(len(feedback) + 1):  # the sample arrives after `cut` of the feedback labels
+        with SampleStore.open(tmp_path / str(cut), hold_relabels=True) as store:
+            for y in feedback[:cut]:
+                store.apply(batch(Feedback("a", y)))
+            store.apply(batch(Sample("a", X, inline)))
+            for y in feedback[cut:]:
+                store.apply(batch(Feedback("a", y)))
+            outcomes.append((labels(store), [(h.y, h.was) for h in store.held_labels()]))
+    assert all(outcome == outcomes[0] for outcome in outcomes), outcomes
+    first = inline if inline is not None else feedback[0]
+    assert outcomes[0][0] == {"a": first}  # the first label the sample has is the one in place
+
+
 def test_feedback_before_its_sample_waits_then_applies(store: SampleStore) -> None:
     applied = store.apply(batch(Feedback("a", 2), Feedback("a", 1)))
     assert applied.early_feedback == 2

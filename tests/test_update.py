@@ -14,9 +14,11 @@ from lifelong.config import load_settings
 from lifelong.daemon.cli import main
 from lifelong.daemon.learning import build_updater, open_registry
 from lifelong.daemon.remember import MemoryFeed
-from lifelong.daemon.update import Updater, rows_matrix
+from lifelong.daemon.update import Updater
 from lifelong.daemon.wiring import open_memory, open_store
+from lifelong.errors import RoundDeferred
 from lifelong.events import Sample
+from lifelong.memory.reads import rows_matrix
 from lifelong.memory.samples import IngestBatch, SampleStore
 from tests.streams import stored
 
@@ -94,10 +96,11 @@ def test_rounds_gate_rollback_and_a_corrupt_version(
             shuffle = np.random.default_rng(int(shuffle[0]) + 1).permutation(10)
         poisoned = shuffle[Y]
         feed_samples(store, np.arange(len(Y)), poisoned, start=len(Y))
-        third = updater.run_round()
-        assert third is not None and not third.promoted
-        assert third.version.status == "rejected" and "accuracy" in (third.version.reason or "")
-        assert updater.serving == 2
+        # On the same inputs the champion's held-out errors jump: a change, or a bug. It is
+        # adopted only once it holds for two rounds; this one is deferred, its labels wait.
+        with pytest.raises(RoundDeferred, match="holds for 2 rounds"):
+            updater.run_round()
+        assert updater.serving == 2 and updater.pending() == len(Y)
         assert all(torch.equal(before[k], v) for k, v in weights(updater).items())
 
         # The CLI rolls back while the "daemon" (this updater) holds the state: it follows.
@@ -120,15 +123,15 @@ def test_rounds_gate_rollback_and_a_corrupt_version(
 
     assert main(["versions", "--config", str(config), "--json"]) == 0
     listed = {v["version"]: v for v in json.loads(capsys.readouterr().out)}
-    assert {n: v["status"] for n, v in listed.items()} == {1: "champion", 2: "rolled_back", 3: "rejected"}
+    assert {n: v["status"] for n, v in listed.items()} == {1: "champion", 2: "rolled_back"}
     assert all({"version", "status", "created_at", "scores"} <= set(v) for v in listed.values())
-    assert listed[3]["scores"]["candidate_memory"] < listed[3]["scores"]["champion_memory"]
     assert main(["versions", "--config", str(config)]) == 0
     assert "rolled_back" in capsys.readouterr().out
 
 
 def test_a_restarted_updater_resumes_after_the_last_round(config: Path, clean_env: None) -> None:
-    settings = load_settings(config)
+    # Rounds this small are too noisy for the gate to judge (it would defer): judge them anyway.
+    settings = load_settings(config, environ={"LIFELONG_LEARNER__GATE_MAX_MARGIN": "1"})
     with open_store(settings) as store:
         memory = open_memory(settings)
         updater = build_updater(settings, store=store, memory=memory, feed=None)

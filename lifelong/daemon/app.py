@@ -327,6 +327,13 @@ class Daemon:
                         "dropped": memory.counters["payload_dropped"],
                     },
                 )
+            metrics.held_labels.labels(outcome="waiting").set(self.ingestor.store.held_count())
+        for outcome, counter in (
+            ("held", "held"),
+            ("released", "held_released"),
+            ("dropped", "held_dropped"),
+        ):
+            metrics.held_labels.labels(outcome=outcome).set(status.counters.get(counter, 0))
         metrics.samples_stored.set(status.samples)
         metrics.waiting_samples.set(status.waiting)
         if self.control is not None:

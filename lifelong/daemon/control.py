@@ -19,7 +19,7 @@ from lifelong.connectors.base import Publisher
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.update import Outcome, Updater
-from lifelong.errors import DiskFull, LifelongError, RoundAbandoned, StateDamaged
+from lifelong.errors import DiskFull, LifelongError, RoundAbandoned, RoundDeferred, StateDamaged
 from lifelong.files import is_disk_full
 from lifelong.registry import ModelVersion
 
@@ -60,7 +60,13 @@ class Controller:
         self.on_drift = on_drift
         self.events = events
         self.clock = clock
-        self.counts: dict[str, int] = {"promoted": 0, "rejected": 0, "failed": 0, "abandoned": 0}
+        self.counts: dict[str, int] = {
+            "promoted": 0,
+            "rejected": 0,
+            "deferred": 0,
+            "failed": 0,
+            "abandoned": 0,
+        }
         self.rollbacks: dict[str, int] = {"manual": 0, "auto": 0, "corrupt": 0}
         # A fault no round can run on (damaged state, a full disk): the daemon stops with it.
         self.fatal: BaseException | None = None
@@ -129,6 +135,10 @@ class Controller:
         except RoundAbandoned as error:
             self._count("abandoned")
             log.warning("%s; its labels wait for the next round", error)
+            return None
+        except RoundDeferred as error:
+            self._count("deferred")
+            log.info("%s", error)
             return None
         except (StateDamaged, DiskFull, OSError) as error:
             self._count("failed")

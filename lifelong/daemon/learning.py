@@ -7,8 +7,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lifelong.config import Settings
+from lifelong.config import LearnerSettings, Settings
 from lifelong.daemon.remember import MemoryFeed
+from lifelong.daemon.trust import LabelTrust
 from lifelong.daemon.update import Updater
 from lifelong.errors import ConfigError
 from lifelong.learners.gate import Gate
@@ -54,19 +55,25 @@ def build_learner(
         raise ConfigError(f"learner: {error}") from None
 
 
-def build_trainer(settings: Settings) -> Trainer:
-    """The trainer: candidates built from ``[learner]``, judged by its gate settings."""
-    learner = settings.learner
-    gate = Gate(
+def build_gate(learner: LearnerSettings) -> Gate:
+    """The gate ``[learner] gate_*`` describe."""
+    return Gate(
         recent_tolerance=learner.gate_recent_tolerance,
         memory_tolerance=learner.gate_memory_tolerance,
         min_samples=learner.gate_min_samples,
         z=learner.gate_z,
+        max_margin=learner.gate_max_margin,
+        change_delta=learner.gate_change_delta,
+        change_rounds=learner.gate_change_rounds,
     )
+
+
+def build_trainer(settings: Settings) -> Trainer:
+    """The trainer: candidates built from ``[learner]``, judged by its gate settings."""
     trainer = Trainer(
         build=lambda: build_learner(settings, exclude_from_replay=trainer.held_out),
-        gate=gate,
-        holdout=learner.holdout,
+        gate=build_gate(settings.learner),
+        holdout=settings.learner.holdout,
     )
     trainer.build()  # a bad model, plugin or device fails at start, naming the key
     return trainer
@@ -87,6 +94,11 @@ def build_updater(
             feed.catch_up()
             feed.maybe_snapshot(force=True)
 
+    trust = None
+    if settings.data.relabels == "hold":
+        trust = LabelTrust(
+            store=store, memory=memory, features=settings.data.features, hold_s=settings.data.relabel_hold_s
+        )
     return Updater(
         trainer=build_trainer(settings),
         store=store,
@@ -97,5 +109,6 @@ def build_updater(
         max_round_samples=settings.schedule.max_round_labels,
         config=settings.learner.model_dump(mode="json"),
         before_round=before_round,
+        trust=trust,
         lock=lock,
     )

@@ -104,12 +104,21 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.held_labels = Gauge(
+            "lifelong_held_labels",
+            "Relabels (feedback changing a label already given) held back from training: waiting now, and "
+            "since the state began held, released (the model or the memory neighbours agreed) or dropped "
+            "(never corroborated).",
+            ["outcome"],
+            registry=r,
+        )
         self.pending_labels = Gauge(
             "lifelong_pending_labels", "Labels received and not yet trained on.", registry=r
         )
         self.updates = Counter(
             "lifelong_updates",
-            "Update rounds, by result (promoted, rejected, failed, abandoned).",
+            "Update rounds, by result (promoted, rejected, deferred: too few held-out samples to judge, "
+            "its labels wait; failed, abandoned).",
             ["result"],
             registry=r,
         )

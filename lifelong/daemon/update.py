@@ -14,17 +14,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lifelong.errors import LifelongError, StateError
+from lifelong.daemon.trust import LabelTrust
+from lifelong.errors import LifelongError, RoundDeferred, StateError
 from lifelong.learners.base import Checkpoint, Labeled, Learner
-from lifelong.learners.gate import finite
+from lifelong.learners.gate import contradicted, finite
 from lifelong.learners.trainer import Trainer
+from lifelong.memory.reads import rows_matrix, stack_rows
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.registry import ModelRegistry, ModelVersion, Status
@@ -97,6 +99,7 @@ class Updater:
         max_round_samples: int = 100_000,
         config: dict[str, Any] | None = None,
         before_round: Callable[[], None] | None = None,
+        trust: LabelTrust | None = None,
         lock: AbstractContextManager[Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -109,6 +112,7 @@ class Updater:
         self.max_round_samples = max_round_samples
         self.config = config or {}
         self.before_round = before_round
+        self.trust = trust
         # Held while the round reads the store and the memory, which the consumer thread writes.
         self.lock = lock if lock is not None else threading.RLock()
         self._swap = threading.RLock()  # the served champion changes under it (rounds, rollbacks)
@@ -232,11 +236,14 @@ class Updater:
                 champion.version,
             )
             return None
+        if self.trust is not None:  # relabels the champion or the memory now corroborate join this round
+            self.trust.review(self.trainer.champion, lock=self.lock)
         with self.lock:
             data = self._gather()
         if data is None:
             return None
         parent = self._serving
+        self._retire_contradicted(data)
         result = self.trainer.round(
             data.new,
             replay=_Locked(self.memory, self.lock),
@@ -244,6 +251,9 @@ class Updater:
             remembered=data.remembered,
             stop=stop,
         )
+        if not result.verdict.judged and len(data.new) < self.max_round_samples:
+            # More labels (and held-out samples) arrive by the next round; a full round is recorded.
+            raise RoundDeferred(f"update round deferred: {result.verdict.reason}; its labels wait")
         checkpoint = result.candidate.checkpoint()
         scores = finite(result.verdict.scores)
         if np.isfinite(result.report.loss):
@@ -330,6 +340,32 @@ class Updater:
             offsets=self._offset_ranges(),
         )
 
+    def _retire_contradicted(self, data: _RoundData, *, most: int = 50_000) -> None:
+        """After a change, retire the memory samples new labels contradict: replay teaches the new concept.
+
+        Checked on up to ``most`` samples drawn from the memory per round (all of a memory that size).
+        """
+        champion = self.trainer.champion
+        if champion is None or not self.memory.size:
+            return
+        current = self.trainer.gate.since_change(champion, data.recent)
+        if current is None:
+            return
+        with self.lock:
+            drawn = self.memory.sample(min(self.memory.size, most))
+        held = Labeled(ids=list(drawn.ids), x=drawn.x, y=np.asarray(drawn.y))
+        marks = contradicted(held, [current, data.new])
+        stale = list(dict.fromkeys(id for id, c in zip(held.ids, marks, strict=True) if c))
+        if stale:
+            with self.lock:
+                retired = self.memory.forget(stale)
+            log.info(
+                "the champion's errors rose %d held-out samples ago: %d memory samples the new labels "
+                "contradict are retired",
+                len(current),
+                len(retired),
+            )
+
     def _offset_ranges(self) -> dict[str, list[int]]:
         """Per partition, [first, next) offsets ingested since the previous version was recorded."""
         ranges = {}
@@ -348,6 +384,7 @@ class Updater:
         rows = self.store.recent_labeled(
             self.trainer.held_out, limit=self.recent, scan=int(self.recent / fraction * 2)
         )
+        rows.reverse()  # the store gives the newest first; the gate reads them in label order
         return Labeled(
             ids=[id for id, _, _ in rows],
             x=stack_rows([x for _, x, _ in rows], self.features),
@@ -381,32 +418,6 @@ def _trained_upto(versions: list[ModelVersion]) -> int:
         (int(v.lineage.get(LINEAGE_CURSOR, [0, 0])[1]) for v in versions if not v.lineage.get("superseded")),
         default=0,
     )
-
-
-def rows_matrix(blobs: Sequence[bytes], dtypes: Sequence[str], features: int) -> np.ndarray[Any, Any]:
-    """Stored inputs (raw bytes, each with its wire dtype) as one writable matrix.
-
-    Rows of one dtype, the usual case, are joined in a single copy.
-
-    >>> rows_matrix([b"\\x01\\x02", b"\\x03\\x04"], ["|u1", "|u1"], 2).tolist()
-    [[1, 2], [3, 4]]
-    """
-    if blobs and len(set(dtypes)) == 1:
-        joined = bytearray().join(blobs)
-        return np.frombuffer(joined, dtype=np.dtype(dtypes[0])).reshape(len(blobs), features)
-    parts = [np.frombuffer(x, dtype=np.dtype(d)) for x, d in zip(blobs, dtypes, strict=True)]
-    return stack_rows(parts, features)
-
-
-def stack_rows(parts: list[np.ndarray[Any, Any]], features: int) -> np.ndarray[Any, Any]:
-    """Decoded inputs as one matrix (uint8 intensities become [0, 1] floats when types are mixed)."""
-    if not parts:
-        return np.zeros((0, features), dtype=np.float32)
-    dtypes = {part.dtype for part in parts}
-    # Samples may mix float32 and uint8 encodings: uint8 intensities are read as [0, 1].
-    if len(dtypes) > 1:
-        parts = [p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p.astype(np.float32) for p in parts]
-    return np.stack(parts)
 
 
 def _snapshot_name(memory: RehearsalMemory) -> str | None:

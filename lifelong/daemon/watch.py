@@ -22,8 +22,8 @@ from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.ingest import Stored
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
-from lifelong.daemon.update import rows_matrix
 from lifelong.learners.base import Learner
+from lifelong.memory.reads import rows_matrix
 from lifelong.memory.rehearsal import RehearsalMemory
 
 log = logging.getLogger(__name__)

@@ -73,6 +73,7 @@ def open_store(settings: Settings, *, readonly: bool = False) -> SampleStore:
         settings.state.dir,
         waiting_ttl_s=settings.state.waiting_ttl_s,
         max_waiting=settings.state.max_waiting,
+        hold_relabels=settings.data.relabels == "hold",
         readonly=readonly,
     )
 
@@ -94,6 +95,7 @@ def open_memory(settings: Settings, *, store: SampleStore | None = None) -> Rehe
             seed=memory.seed,
             device=memory.device,
             nprobe=memory.nprobe,
+            recency=memory.recency,
             inputs=None if store is None else store.inputs_found,
         )
     except ValueError as error:  # memory.device = "gpu" without a GPU build of faiss or a GPU

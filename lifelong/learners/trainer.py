@@ -74,7 +74,8 @@ class Trainer:
     ) -> Round:
         """Train a candidate on ``new`` (held-out rows dropped) with replay; judge it on the held-out sets.
 
-        ``remembered`` is the memory's held-out slice; the rows of ``new`` in it are left out.
+        ``recent`` is in label order (oldest first); ``remembered`` is the memory's held-out slice,
+        the rows of ``new`` in it are left out.
         """
         train, _ = self.split(new)
         # What the model must not forget is what it knew before this round: the memory's held-out
@@ -85,7 +86,7 @@ class Trainer:
         )
         candidate = self.candidate()
         report = candidate.update(train, replay, stop=stop)
-        verdict = self.gate.judge(candidate, self.champion, recent=recent, remembered=remembered)
+        verdict = self.gate.judge(candidate, self.champion, recent=recent, remembered=remembered, newer=train)
         log.info(
             "update round: %d samples, %d replayed, %d steps in %.1fs; %s (%s)",
             report.samples,

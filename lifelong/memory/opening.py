@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lifelong.errors import StateDamaged, StateError
+from lifelong.memory.held import SCHEMA as HELD_SCHEMA
 from lifelong.memory.reads import StoreConnection, damaged
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def prepare(
     if check_s is not None:
         _quick_check(connection, check_s, clock)
     if not readonly:
-        connection.executescript(_SCHEMA)
+        connection.executescript(_SCHEMA + HELD_SCHEMA)
     _check_format(connection, connection.path, create=not readonly)
 
 

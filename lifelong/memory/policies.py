@@ -10,6 +10,12 @@ When full, the ``policy`` decides what a new sample replaces:
 ``diversity``
     a near-duplicate of a stored sample is not stored again, and a new sample
     replaces one from the most crowded region (the fullest IVF list).
+
+``recency`` (0 by default) is the least chance a new sample has to enter a full
+reservoir (``reservoir`` and ``class_balanced`` within a class): 0 keeps every
+sample seen with equal chance, however old; above 0 the memory leans to the newest
+samples, about ``capacity / recency`` of them (biased reservoir sampling,
+Aggarwal 2006), for streams whose concept moves on.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ def admit(
     seen: int,
     seen_by_class: Counter[int],
     class_sizes: dict[int, int],
+    recency: float = 0.0,
 ) -> Admission:
     """Decide, row by row, which of a batch's samples the memory stores and what each replaces.
 
@@ -69,7 +76,7 @@ def admit(
             free -= 1
             source = FREE
         elif policy == "reservoir":  # Vitter's R: the n-th sample stays with probability capacity/n
-            if draws[n] * seen >= capacity:
+            if draws[n] >= max(capacity / seen, recency):
                 skipped += 1
                 continue
             source = ANY
@@ -78,7 +85,7 @@ def admit(
         elif sizes.get(label, 0) < top:  # not (one of) the largest classes: evict from the largest
             source = min(key for key, size in sizes.items() if size == top)
             sizes[source] -= 1
-        elif draws[n] * seen_by_class[label] >= sizes[label]:  # reservoir within its own class
+        elif draws[n] >= max(sizes[label] / seen_by_class[label], recency):  # reservoir within its class
             skipped += 1
             continue
         else:

@@ -206,3 +206,29 @@ class SampleReads:
         query = "SELECT id, x, dtype, y FROM samples WHERE y IS NOT NULL ORDER BY seq"
         for id, x, dtype, y in self._db.execute(query):
             yield id, np.frombuffer(x, dtype=np.dtype(dtype)), int(y)
+
+
+def rows_matrix(blobs: Sequence[bytes], dtypes: Sequence[str], features: int) -> np.ndarray[Any, Any]:
+    """Stored inputs (raw bytes, each with its wire dtype) as one writable matrix.
+
+    Rows of one dtype, the usual case, are joined in a single copy.
+
+    >>> rows_matrix([b"\\x01\\x02", b"\\x03\\x04"], ["|u1", "|u1"], 2).tolist()
+    [[1, 2], [3, 4]]
+    """
+    if blobs and len(set(dtypes)) == 1:
+        joined = bytearray().join(blobs)
+        return np.frombuffer(joined, dtype=np.dtype(dtypes[0])).reshape(len(blobs), features)
+    parts = [np.frombuffer(x, dtype=np.dtype(d)) for x, d in zip(blobs, dtypes, strict=True)]
+    return stack_rows(parts, features)
+
+
+def stack_rows(parts: list[np.ndarray[Any, Any]], features: int) -> np.ndarray[Any, Any]:
+    """Decoded inputs as one matrix (uint8 intensities become [0, 1] floats when types are mixed)."""
+    if not parts:
+        return np.zeros((0, features), dtype=np.float32)
+    dtypes = {part.dtype for part in parts}
+    # Samples may mix float32 and uint8 encodings: uint8 intensities are read as [0, 1].
+    if len(dtypes) > 1:
+        parts = [p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p.astype(np.float32) for p in parts]
+    return np.stack(parts)

@@ -97,6 +97,7 @@ class RehearsalMemory:
         seed: int = 0,
         device: Device = "auto",
         nprobe: int = 8,
+        recency: float = 0.0,
         inputs: Callable[[list[str]], Sequence[np.ndarray[Any, Any] | None]] | None = None,
     ) -> None:
         if policy not in POLICIES:
@@ -105,6 +106,8 @@ class RehearsalMemory:
             raise ValueError(f"capacity and features must be >= 1, got {capacity!r}, {features!r}")
         if nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {nprobe!r}")
+        if not 0 <= recency <= 1:
+            raise ValueError(f"recency must lie in [0, 1], got {recency!r}")
         self.directory = Path(directory)
         self.features = features
         self.capacity = capacity
@@ -114,6 +117,7 @@ class RehearsalMemory:
         self.seed = seed
         # IVF lists a search visits: more finds more of the true neighbours, in proportion slower.
         self.nprobe = nprobe
+        self.recency = recency  # the least admission chance of a new sample (see memory.policies)
         self.inputs = inputs
         # "gpu": searches run on an exact copy of the keys on the GPU (see lifelong.memory.index).
         self.device = resolve_device(device)
@@ -290,6 +294,7 @@ class RehearsalMemory:
             seen=self._seen,
             seen_by_class=self._seen_by_class,
             class_sizes={label: len(bag) for label, bag in self._slots.classes.items()},
+            recency=self.recency,
         )
         self._seen = admission.seen
         return admission.rows, admission.sources, admission.skipped

@@ -6,8 +6,10 @@ after a crash (even ``kill -9``) the store and the read position agree: the
 daemon resumes at the stored offsets, and no event is lost or stored twice.
 
 Label rule (wire contract v1): a feedback label overrides an inline label, and
-among feedback events for one id the last one read wins. The result does not
-depend on how the samples and feedback topics interleave.
+among feedback events for one id the last one read wins. With ``hold_relabels``
+the first label a sample has stays and a feedback label changing it is held
+(:mod:`lifelong.memory.held`). Either result does not depend on how the samples
+and feedback topics interleave.
 
 Opening checks the file's integrity (``PRAGMA quick_check``, within a time
 budget): a damaged store is refused with :class:`~lifelong.errors.StateDamaged`
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.errors import StateError
+from lifelong.memory.held import HeldLabels
 from lifelong.memory.opening import DATABASE, integrity_problems, prepare
 from lifelong.memory.reads import SampleReads, StoreConnection
 
@@ -66,6 +69,7 @@ class Applied:
     labeled_late: int = 0
     relabeled: int = 0
     early_feedback: int = 0
+    held: int = 0  # relabels held back for review (``hold_relabels``)
     expired_samples: int = 0
     expired_feedback: int = 0
 
@@ -97,7 +101,7 @@ class StoreStatus:
         }
 
 
-class SampleStore(SampleReads):
+class SampleStore(SampleReads, HeldLabels):
     """The SQLite-backed store of samples, labels and offsets.
 
     Example::
@@ -108,15 +112,24 @@ class SampleStore(SampleReads):
     """
 
     def __init__(
-        self, *, connection: StoreConnection, path: Path, waiting_ttl_s: float, max_waiting: int
+        self,
+        *,
+        connection: StoreConnection,
+        path: Path,
+        waiting_ttl_s: float,
+        max_waiting: int,
+        hold_relabels: bool = False,
     ) -> None:
         self.path = path
+        # Feedback that changes a label already given waits in held_labels (see lifelong.memory.held).
+        self.hold_relabels = hold_relabels
         self.waiting_ttl_s = waiting_ttl_s
         self.max_waiting = max_waiting
         self._db = connection
         self._early_ids: set[str] = set()
         self._waiting = 0
         self._stale = False  # the caches could not be reloaded after a failed transaction
+        self._held_early = 0  # early labels held in the batch being applied
         self._load_caches()
 
     @classmethod
@@ -126,6 +139,7 @@ class SampleStore(SampleReads):
         *,
         waiting_ttl_s: float = 7 * 86400,
         max_waiting: int = 1_000_000,
+        hold_relabels: bool = False,
         readonly: bool = False,
         check_s: float | None = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -149,7 +163,11 @@ class SampleStore(SampleReads):
                 connection.path = path
                 prepare(connection, readonly=readonly, check_s=check_s, clock=clock)
                 return cls(
-                    connection=connection, path=path, waiting_ttl_s=waiting_ttl_s, max_waiting=max_waiting
+                    connection=connection,
+                    path=path,
+                    waiting_ttl_s=waiting_ttl_s,
+                    max_waiting=max_waiting,
+                    hold_relabels=hold_relabels,
                 )
             except BaseException:
                 connection.close()
@@ -192,14 +210,17 @@ class SampleStore(SampleReads):
         """Store a batch and its offsets atomically; return what changed."""
         db = self._db
         with self._transaction():
+            self._held_early = 0
             stored, duplicates, labeled_late = self._insert_samples(batch.samples)
-            relabeled, late, early = self._apply_feedback(batch.feedback)
+            relabeled, late, early, held = self._apply_feedback(batch.feedback)
+            held += self._held_early
             expired_samples, expired_feedback = self._expire(batch)
             self._bump({f"{_DEAD_LETTERS}{reason}": n for reason, n in batch.dead_letters.items()})
             self._bump(
                 {
                     "duplicates": duplicates,
                     "relabeled": relabeled,
+                    "held": held,
                     "expired_samples": expired_samples,
                     "expired_feedback": expired_feedback,
                 }
@@ -215,13 +236,14 @@ class SampleStore(SampleReads):
                 batch.dead_letter_positions.items(),
             )
         return Applied(
-            stored,
-            duplicates,
-            labeled_late + late,
-            relabeled,
-            early,
-            expired_samples,
-            expired_feedback,
+            stored=stored,
+            duplicates=duplicates,
+            labeled_late=labeled_late + late,
+            relabeled=relabeled,
+            early_feedback=early,
+            held=held,
+            expired_samples=expired_samples,
+            expired_feedback=expired_feedback,
         )
 
     @contextmanager
@@ -291,21 +313,44 @@ class SampleStore(SampleReads):
         return stored, len(samples) - stored, len(labeled_late)
 
     def _take_early_label(self, row: StoredSample, labeled: list[str]) -> StoredSample:
-        found = self._db.execute("DELETE FROM early_feedback WHERE id = ? RETURNING y", (row[0],)).fetchone()
+        found = self._db.execute(
+            "DELETE FROM early_feedback WHERE id = ? RETURNING y, timestamp_ms", (row[0],)
+        ).fetchone()
         self._early_ids.discard(row[0])
+        inline = row[3]
+        if self.hold_relabels and inline is not None:
+            # The sample's own label came first in its life; an earlier feedback label that differs
+            # waits as a relabel would had it come after (the order of the topics does not matter).
+            self._held_early += self._hold_early(row[0], found[0], inline, found[1])
+            return row
         labeled.append(row[0])
         return (*row[:3], found[0], *row[4:])
 
-    def _apply_feedback(self, feedback: list[StoredFeedback]) -> tuple[int, int, int]:
+    def _early_label(self, id: str) -> int:
+        return int(self._db.execute("SELECT y FROM early_feedback WHERE id = ?", (id,)).fetchone()[0])
+
+    def _apply_feedback(self, feedback: list[StoredFeedback]) -> tuple[int, int, int, int]:
         cursor = self._db.cursor()
-        relabeled = late = early = 0
+        relabeled = late = early = held = 0
         given: list[tuple[str, int]] = []
         for id, y, timestamp_ms in feedback:
-            found = cursor.execute("SELECT y IS NULL FROM samples WHERE id = ?", (id,)).fetchone()
+            found = cursor.execute("SELECT y FROM samples WHERE id = ?", (id,)).fetchone()
+            # Held: feedback that would change a label already given (see _take_early_label for
+            # the same rule when the feedback comes first).
+            labeled = (found is not None and found[0] is not None) or id in self._early_ids
+            if self.hold_relabels and labeled:
+                was = found[0] if found is not None else self._early_label(id)
+                if was != y:
+                    self._hold(id, y, was, timestamp_ms)
+                    held += 1
+                    continue
+                self._withdraw(id)  # the label in place, said again: a held relabel is withdrawn
+                if found is None:
+                    continue
             if found is not None:
                 cursor.execute("UPDATE samples SET y = ?, labeled_by = 'feedback' WHERE id = ?", (y, id))
                 given.append((id, y))
-                if found[0]:
+                if found[0] is None:
                     late += 1
                 else:
                     relabeled += 1
@@ -319,7 +364,7 @@ class SampleStore(SampleReads):
             early += 1
         cursor.executemany("INSERT INTO label_events (id, y) VALUES (?, ?)", given)
         self._waiting -= late
-        return relabeled, late, early
+        return relabeled, late, early, held
 
     def _expire(self, batch: IngestBatch) -> tuple[int, int]:
         # The store's clock is the bus's record time, so a replay expires the same events.
@@ -410,7 +455,7 @@ class SampleStore(SampleReads):
         db.execute("PRAGMA secure_delete = ON")
         with self._transaction():
             found = [id for id in ids if db.execute("SELECT 1 FROM samples WHERE id = ?", (id,)).fetchone()]
-            for table in ("samples", "early_feedback", "label_events"):
+            for table in ("samples", "early_feedback", "label_events", "held_labels"):
                 db.executemany(f"DELETE FROM {table} WHERE id = ?", [(id,) for id in ids])
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL may still hold the old pages
         self._load_caches()

@@ -1,0 +1,119 @@
+"""The gate tells a changed world from forgetting, and judges nothing on too few samples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lifelong.learners.base import Labeled
+from lifelong.learners.gate import Gate
+
+Array = np.ndarray[Any, Any]
+RNG = np.random.default_rng(0)
+
+
+class Rule:
+    """A model that labels by a fixed rule of the inputs."""
+
+    def __init__(self, rule: Callable[[Array], Array]) -> None:
+        self.rule = rule
+
+    def predict(self, x: Array) -> Array:
+        return self.rule(np.asarray(x))
+
+
+def old_concept(x: Array) -> Array:
+    return (x[:, 0] > 0).astype(np.int64)
+
+
+def new_concept(x: Array) -> Array:
+    return (x[:, 0] <= 0).astype(np.int64)  # the same inputs, every label flipped (an abrupt change)
+
+
+def data(n: int, concept: Callable[[Array], Array], *, shift: float = 0.0, prefix: str = "s") -> Labeled:
+    x = RNG.normal(size=(n, 4)).astype(np.float32) + shift
+    return Labeled(ids=[f"{prefix}{i}" for i in range(n)], x=x, y=concept(x))
+
+
+def concat(*parts: Labeled) -> Labeled:
+    return Labeled(
+        ids=[i for p in parts for i in p.ids],
+        x=np.concatenate([p.x for p in parts]),
+        y=np.concatenate([p.y for p in parts]),
+    )
+
+
+def test_a_candidate_that_follows_a_real_change_is_promoted() -> None:
+    recent = concat(data(600, old_concept, prefix="o"), data(200, new_concept, prefix="n"))
+    remembered = data(300, old_concept, prefix="m")
+    newer = data(1000, new_concept, prefix="t")
+    champion, follower = Rule(old_concept), Rule(new_concept)
+    gate = Gate()  # a change is adopted once it holds for two rounds
+    first = gate.judge(follower, champion, recent=recent, remembered=remembered, newer=newer)
+    assert not first.promote and not first.judged and "holds for 2 rounds" in first.reason
+    # Judged again on the same held-out samples, nothing new confirms it.
+    again = gate.judge(follower, champion, recent=recent, remembered=remembered, newer=newer)
+    assert not again.promote and "(seen in 1)" in again.reason
+    recent = concat(recent, data(50, new_concept, prefix="later"))  # newer labels, the change holds
+    verdict = gate.judge(follower, champion, recent=recent, remembered=remembered, newer=newer)
+    assert verdict.promote, verdict.reason
+    assert verdict.scores["change"] == 1 and 200 <= verdict.scores["current_samples"] <= 310
+    # (Nearly) every remembered sample is contradicted by the newer labels around it.
+    assert verdict.scores["memory_contradicted"] >= 270
+    # Without this round's samples the current window alone tells the same.
+    alone = Gate(change_rounds=1).judge(follower, champion, recent=recent, remembered=remembered, newer=None)
+    assert alone.promote and alone.scores["change"] == 1
+    # Without the change found (a gate that judges all recent samples), it looks like forgetting.
+    whole = Gate(change_delta=1e-300).judge(follower, champion, recent=recent, remembered=remembered)
+    assert not whole.promote and "recent accuracy" in whole.reason
+
+
+def test_a_stable_world_still_rejects_a_candidate_that_got_worse() -> None:
+    recent = data(800, old_concept)
+    remembered = data(300, old_concept, prefix="m")
+    noisy = Rule(lambda x: np.where(x[:, 1] > 0.5, 1 - old_concept(x), old_concept(x)))
+    verdict = Gate().judge(noisy, Rule(old_concept), recent=recent, remembered=remembered, newer=recent)
+    assert not verdict.promote and verdict.scores["change"] == 0
+    assert "recent accuracy" in verdict.reason
+
+
+def test_forgetting_another_region_is_weighed_against_the_gain_where_the_world_is_now() -> None:
+    # The new concept lives elsewhere (a domain shift): old samples are not contradicted there.
+    recent = concat(data(600, old_concept, prefix="o"), data(300, new_concept, shift=6.0, prefix="n"))
+    remembered = data(300, old_concept, prefix="m")
+    newer = data(1000, new_concept, shift=6.0, prefix="t")
+    champion = Rule(old_concept)
+
+    def both(x: Array) -> Array:  # learned the new region, forgot a quarter of the old one
+        far = x[:, 0] > 3
+        return np.where(far, new_concept(x), np.where(x[:, 1] > 0.7, 1 - old_concept(x), old_concept(x)))
+
+    verdict = Gate(change_rounds=1).judge(
+        Rule(both), champion, recent=recent, remembered=remembered, newer=newer
+    )
+    assert verdict.scores["memory_contradicted"] == 0
+    assert verdict.promote and "more than it loses" in verdict.reason, verdict.reason
+
+    def partly(x: Array) -> Array:  # half of the new region learned, all of the old one forgotten
+        new = np.where(x[:, 1] > 6, new_concept(x), 1 - new_concept(x))
+        return np.where(x[:, 0] > 3, new, 1 - old_concept(x))
+
+    # Gains in the new region cannot buy forgetting everything else.
+    verdict = Gate(change_rounds=1).judge(
+        Rule(partly), champion, recent=recent, remembered=remembered, newer=newer
+    )
+    assert not verdict.promote and "forgets what still holds" in verdict.reason, verdict.reason
+
+
+def test_a_set_too_noisy_to_mean_anything_is_not_judged() -> None:
+    few = data(30, old_concept)
+    half_wrong = Rule(lambda x: np.where(np.arange(len(x)) % 2 == 0, 1 - old_concept(x), old_concept(x)))
+    verdict = Gate(max_margin=0.1).judge(half_wrong, Rule(old_concept), recent=few, remembered=few)
+    assert not verdict.promote and not verdict.judged
+    assert "noise" in verdict.reason and "not judged" in verdict.reason
+    # The same drop on enough samples is judged, and rejected.
+    many = data(2000, old_concept)
+    verdict = Gate(max_margin=0.1).judge(half_wrong, Rule(old_concept), recent=many, remembered=many)
+    assert verdict.judged and not verdict.promote
