@@ -22,10 +22,11 @@ Results do not depend on the machine's speed: the producer is paced as the
 demo paces it. After each chunk of ``--chunk`` samples (and the labels due by
 then) it waits until the daemon has handled every event sent (predictions
 published, drift signals fed), until no drift-triggered round is due or
-running, and until fewer than a round's labels wait, so a round runs at the
-same point of the stream on any machine. It waits on those signals, never on
-fixed sleeps. (Wall-clock settings such as ``drift_cooldown_s`` and
-``alarm_hold_s`` still count seconds.)
+running, and until fewer than a round's labels wait or a scheduled round that
+began after all of it has ended (the daemon may defer a round: its labels
+then wait), so a round runs at the same point of the stream on any machine.
+It waits on those signals, never on fixed sleeps. (Wall-clock settings such
+as ``drift_cooldown_s`` and ``alarm_hold_s`` still count seconds.)
 
 The baselines, in the same run on the same stream and the same delay: River's
 ``forest.ARFClassifier``, ``tree.HoeffdingAdaptiveTreeClassifier`` and
@@ -344,7 +345,8 @@ class Pacer:
 
     ``observed``: events the daemon has stored and watched (predicted, scored, fed to the
     drift signals). ``drift_due``/``drift_done``: drift alarms that made a round due, and the
-    latest of them whose round has run. Every scheduled round passes :meth:`_scheduled`.
+    latest of them whose round has run. ``attempted``: ``observed`` when the latest finished
+    scheduled round began. Every scheduled round passes :meth:`_scheduled`.
     """
 
     def __init__(self, daemon: Daemon, round_labels: int, produced: Callable[[], int]) -> None:
@@ -358,6 +360,7 @@ class Pacer:
         self.observed = 0
         self.drift_due = 0
         self.drift_done = 0
+        self.attempted = 0
         self.drift_rounds_at: list[int] = []
         self.changed = threading.Condition()
         self.error: BaseException | None = None
@@ -387,13 +390,14 @@ class Pacer:
         return due
 
     def _scheduled(self, trigger: str) -> object:
-        seen = self.drift_due
+        seen, observed = self.drift_due, self.observed
         try:
             return self._run(trigger)
         finally:
             with self.changed:
                 if trigger == "drift":
                     self.drift_done = max(self.drift_done, seen)
+                self.attempted = max(self.attempted, observed)
                 self.changed.notify_all()
 
     def caught_up(self, sent: int) -> bool:
@@ -402,7 +406,8 @@ class Pacer:
             self.observed >= sent
             and self.drift_done >= self.drift_due
             and not control.running
-            and control.updater.pending() < self.round_labels
+            # A round is due: wait for it, or for one that saw every event and left labels waiting.
+            and (control.updater.pending() < self.round_labels or self.attempted >= sent)
         )
 
     def settle(self, sent: int, alive: Callable[[], bool]) -> None:
@@ -419,7 +424,7 @@ class Pacer:
                     f"the daemon did not catch up in {SETTLE_TIMEOUT_S:.0f}s: "
                     f"observed {self.observed}/{sent}, "
                     f"drift rounds {self.drift_done}/{self.drift_due}, running {self.control.running}, "
-                    f"pending {self.control.updater.pending()}"
+                    f"pending {self.control.updater.pending()}, last round saw {self.attempted}"
                 )
             with self.changed:
                 self.changed.wait(0.02)
