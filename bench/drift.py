@@ -407,7 +407,7 @@ class Pacer:
             and self.drift_done >= self.drift_due
             and not control.running
             # A round is due: wait for it, or for one that saw every event and left labels waiting.
-            and (control.updater.pending() < self.round_labels or self.attempted >= sent)
+            and (not control.due("interval") or self.attempted >= sent)
         )
 
     def settle(self, sent: int, alive: Callable[[], bool]) -> None:

@@ -193,6 +193,9 @@ class ScheduleSettings(_Section):
     cron: str = ""
     # A scheduled or drift-triggered round is skipped while fewer new labels than this wait.
     min_new_labels: int = Field(1000, ge=1)
+    # While the model is young a scheduled round waits only for as many labels as it has trained on
+    # (at least this many): the first version serves early, and rounds double its data up to the above.
+    first_round_labels: int = Field(100, ge=1)
     # A round takes at most this many new labels, oldest first: a backlog trains in several rounds.
     max_round_labels: int = Field(100_000, ge=1)
     on_drift: bool = True

@@ -45,6 +45,7 @@ gate_memory_tolerance = 1.0
 [schedule]
 interval_s = 0.3
 min_new_labels = 700
+first_round_labels = 700
 on_drift = false
 grace_s = 10
 [monitor]

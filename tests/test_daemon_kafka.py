@@ -129,7 +129,7 @@ def test_sigterm_during_a_round_exits_in_the_grace_period_and_the_restart_loses_
     run = setup(
         "sigterm",
         learner={"epochs": 200},  # a round far longer than the grace period
-        schedule={"interval_s": 1, "min_new_labels": 500, "grace_s": 6},
+        schedule={"interval_s": 1, "min_new_labels": 500, "first_round_labels": 500, "grace_s": 6},
         memory={"capacity": 1000},
     )
     stream = events(X, Y, "s", feedback_every=4)

@@ -169,7 +169,8 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
 @pytest.mark.slow
 def test_prometheus_scrapes_the_daemon_and_every_expression_returns_data(setup, prometheus_for) -> None:  # type: ignore[no-untyped-def]
     x, y, _, _ = digits()
-    run: Setup = setup("prometheus", schedule={"interval_s": 1, "min_new_labels": 200})
+    schedule = {"interval_s": 1, "min_new_labels": 200, "first_round_labels": 200}
+    run: Setup = setup("prometheus", schedule=schedule)
     daemon = Running(run, run.state.parent / "prometheus-daemon.log")
     try:
         prometheus = prometheus_for(daemon.base.removeprefix("http://"))

@@ -45,6 +45,7 @@ class Controller:
         metrics: Metrics,
         live: LiveAccuracy,
         min_new_labels: int = 1000,
+        first_round_labels: int = 100,
         drift_min_labels: int = 100,
         drift_cooldown_s: float = 600.0,
         on_drift: bool = True,
@@ -55,6 +56,7 @@ class Controller:
         self.metrics = metrics
         self.live = live
         self.min_new_labels = min_new_labels
+        self.first_round_labels = first_round_labels
         self.drift_min_labels = drift_min_labels
         self.drift_cooldown_s = drift_cooldown_s
         self.on_drift = on_drift
@@ -75,6 +77,7 @@ class Controller:
         self._served_lock = threading.Lock()
         self._stop = threading.Event()
         self._last_drift_round = -float("inf")
+        self._deferred: tuple[int, int] | None = None  # (cursor, labels waiting) at the last deferral
         self.served()
 
     @property
@@ -107,6 +110,30 @@ class Controller:
         log.warning("drift alarm (%s): an update round is due", ", ".join(signals))
         return True
 
+    def labels_needed(self, trigger: str) -> int:
+        """How many new labels a ``trigger`` round waits for.
+
+        A scheduled round waits for ``min_new_labels``; while the model is young, only for as
+        many as it has trained on so far (at least ``first_round_labels``): the first version
+        serves after 100 labels, not 1,000, and rounds double what it learned from until then.
+        """
+        if trigger == "burst":
+            return 1
+        if trigger == "drift":
+            return self.drift_min_labels
+        young = max(self.first_round_labels, self.updater.cursor)
+        return min(self.min_new_labels, young)
+
+    def due(self, trigger: str) -> bool:
+        """Whether enough new labels wait for a ``trigger`` round.
+
+        After a deferred round its labels wait, but do not count again: the next round needs
+        as many new ones on top (a rerun on the same labels would decide the same).
+        """
+        pending = self.updater.pending()
+        deferred = self._deferred[1] if self._deferred and self._deferred[0] == self.updater.cursor else 0
+        return pending - deferred >= self.labels_needed(trigger)
+
     def run_round(self, trigger: str, *, force: bool = False) -> Outcome | None:
         """One round unless one is running, the daemon stops, or too few labels wait.
 
@@ -116,12 +143,10 @@ class Controller:
             return None
         self.updater.load_champion()  # a rollback made from the command line, or a damaged champion
         self.served()
-        pending = self.updater.pending()
-        needed = (
-            1 if force else {"burst": 1, "drift": self.drift_min_labels}.get(trigger, self.min_new_labels)
-        )
-        if pending < needed:
-            log.debug("%s round skipped: %d new labels, %d needed", trigger, pending, needed)
+        if not force and not self.due(trigger):
+            log.debug(
+                "%s round skipped: %d labels wait, not enough new ones", trigger, self.updater.pending()
+            )
             return None
         if not self._running.acquire(blocking=False):
             return None
@@ -138,6 +163,7 @@ class Controller:
             return None
         except RoundDeferred as error:
             self._count("deferred")
+            self._deferred = (self.updater.cursor, self.updater.pending())
             log.info("%s", error)
             return None
         except (StateDamaged, DiskFull, OSError) as error:

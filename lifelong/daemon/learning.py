@@ -32,18 +32,22 @@ def build_learner(
 ) -> AvalancheLearner:
     """A fresh learner as ``[learner]`` and ``[data]`` describe it."""
     # Imported here: Avalanche takes seconds to import, and status, forget and versions never need it.
+    import torch
+
     from lifelong.learners.avalanche import AvalancheLearner
     from lifelong.learners.models import build_model
 
     learner = settings.learner
-    model = build_model(
-        learner.model,
-        features=settings.data.features,
-        classes=settings.data.max_classes,
-        options=learner.model_options,
-        init_weights=learner.init_weights,
-        freeze=learner.freeze,
-    )
+    with torch.random.fork_rng(devices=[]):  # the same seed, the same initial weights, every run
+        torch.manual_seed(learner.seed)
+        model = build_model(
+            learner.model,
+            features=settings.data.features,
+            classes=settings.data.max_classes,
+            options=learner.model_options,
+            init_weights=learner.init_weights,
+            freeze=learner.freeze,
+        )
     try:
         return AvalancheLearner(
             model=model,

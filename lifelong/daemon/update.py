@@ -24,7 +24,7 @@ import numpy as np
 from lifelong.daemon.trust import LabelTrust
 from lifelong.errors import LifelongError, RoundDeferred, StateError
 from lifelong.learners.base import Checkpoint, Labeled, Learner
-from lifelong.learners.gate import contradicted, finite
+from lifelong.learners.gate import Verdict, contradicted, finite
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.reads import rows_matrix, stack_rows
 from lifelong.memory.rehearsal import RehearsalMemory
@@ -251,11 +251,9 @@ class Updater:
             remembered=data.remembered,
             stop=stop,
         )
-        if not result.verdict.judged and len(data.new) < self.max_round_samples:
-            # More labels (and held-out samples) arrive by the next round; a full round is recorded.
-            raise RoundDeferred(f"update round deferred: {result.verdict.reason}; its labels wait")
+        verdict = self._unjudged(result.verdict, len(data.new))
         checkpoint = result.candidate.checkpoint()
-        scores = finite(result.verdict.scores)
+        scores = finite(verdict.scores)
         if np.isfinite(result.report.loss):
             scores["training_loss"] = result.report.loss
         # Recording and serving are one step for rollbacks, which take the same lock: a rollback
@@ -264,7 +262,7 @@ class Updater:
             version = self.registry.add(
                 weights=checkpoint.weights,
                 state=checkpoint.state,
-                promote=result.verdict.promote,
+                promote=verdict.promote,
                 scores=scores,
                 parent=parent,
                 lineage={
@@ -276,7 +274,7 @@ class Updater:
                 },
                 config=self.config,
                 learner=checkpoint.meta,
-                reason=result.verdict.reason,
+                reason=verdict.reason,
                 expect_champion=parent,
             )
             self._offsets_seen = version.lineage["offsets"]
@@ -296,6 +294,22 @@ class Updater:
             loss=result.report.loss,
             parent=parent,
         )
+
+    def _unjudged(self, verdict: Verdict, samples: int) -> Verdict:
+        """What a round the gate could not judge becomes: deferred, or promoted while the model is young.
+
+        Young: the round brings at least as many labels as the champion has trained on, so it
+        (at least) doubles what the model learned from; its live probation checks it after.
+        A round that reached ``max_round_samples`` is recorded as it is (rejected).
+        """
+        if verdict.judged:
+            return verdict
+        if not verdict.change_pending and samples >= self._cursor:
+            reason = f"{verdict.reason}; promoted while young: {samples} new labels, {self._cursor} before"
+            return Verdict(True, verdict.scores, reason)
+        if samples < self.max_round_samples:  # more labels and held-out samples come by the next round
+            raise RoundDeferred(f"update round deferred: {verdict.reason}; its labels wait")
+        return verdict
 
     def rollback(self, version: int | None, *, reason: str, trigger: str) -> ModelVersion:
         """Roll the registry back (to ``version`` or the previous champion) and serve the result."""

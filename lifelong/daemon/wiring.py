@@ -312,6 +312,7 @@ def _controller(
         metrics=metrics,
         live=live,
         min_new_labels=schedule.min_new_labels,
+        first_round_labels=schedule.first_round_labels,
         drift_min_labels=schedule.drift_min_labels,
         drift_cooldown_s=schedule.drift_cooldown_s,
         on_drift=schedule.on_drift,

@@ -61,6 +61,7 @@ class Verdict:
     scores: dict[str, float]
     reason: str
     judged: bool = True
+    change_pending: bool = False  # a change seen, not yet for gate_change_rounds rounds
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class Gate:
                     f"the champion's errors rose {len(current)} samples ago: a change is adopted once it "
                     f"holds for {self.change_rounds} rounds (seen in {self._streak})"
                 )
-                return Verdict(False, scores, reason, judged=False)
+                return Verdict(False, scores, reason, judged=False, change_pending=True)
             remembered = self._uncontradicted(remembered, current, newer, judging)
         comparisons: dict[str, Comparison] = {}
         for name, data, tolerance in (
