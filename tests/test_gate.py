@@ -51,12 +51,15 @@ def test_a_candidate_that_follows_a_real_change_is_promoted() -> None:
     newer = data(1000, new_concept, prefix="t")
     champion, follower = Rule(old_concept), Rule(new_concept)
     gate = Gate()  # a change is adopted once it holds for two rounds
+    assert gate.adopting(champion, recent) is None  # not before it held for two rounds
     first = gate.judge(follower, champion, recent=recent, remembered=remembered, newer=newer)
     assert not first.promote and not first.judged and "holds for 2 rounds" in first.reason
     # Judged again on the same held-out samples, nothing new confirms it.
     again = gate.judge(follower, champion, recent=recent, remembered=remembered, newer=newer)
     assert not again.promote and "(seen in 1)" in again.reason
     recent = concat(recent, data(50, new_concept, prefix="later"))  # newer labels, the change holds
+    adopted = gate.adopting(champion, recent)
+    assert adopted is not None and set(adopted.ids) >= {f"later{i}" for i in range(50)}
     verdict = gate.judge(follower, champion, recent=recent, remembered=remembered, newer=newer)
     assert verdict.promote, verdict.reason
     assert verdict.scores["change"] == 1 and 200 <= verdict.scores["current_samples"] <= 310

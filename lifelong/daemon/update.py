@@ -355,14 +355,16 @@ class Updater:
         )
 
     def _retire_contradicted(self, data: _RoundData, *, most: int = 50_000) -> None:
-        """After a change, retire the memory samples new labels contradict: replay teaches the new concept.
+        """After a change the gate adopts, retire the memory samples new labels contradict.
+
+        Replay then teaches the current concept. A change still to be confirmed retires nothing.
 
         Checked on up to ``most`` samples drawn from the memory per round (all of a memory that size).
         """
         champion = self.trainer.champion
         if champion is None or not self.memory.size:
             return
-        current = self.trainer.gate.since_change(champion, data.recent)
+        current = self.trainer.gate.adopting(champion, data.recent)
         if current is None:
             return
         with self.lock:

@@ -257,6 +257,19 @@ class Gate:
         current = self._current(champion, recent, judging)
         return current if judging.scores["change"] else None
 
+    def adopting(self, champion: Learner, recent: Labeled) -> Labeled | None:
+        """The current window when judging ``recent`` now would adopt a change (it held long enough).
+
+        What a round may act on before training (retiring the memory the change contradicts):
+        nothing while the change is still to be confirmed, as a label-mapping bug would be.
+        """
+        current = self.since_change(champion, recent)
+        if current is None:
+            return None
+        newest = recent.ids[-1] if len(recent) else None
+        streak = self._streak + (newest != self._evidence)
+        return current if streak >= self.change_rounds else None
+
     def _current(self, champion: Learner, recent: Labeled, judging: _Judging) -> Labeled:
         """The recent samples since the champion's errors last rose (all of them when they did not)."""
         judging.scores["change"] = 0.0
