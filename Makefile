@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-learning venv clean fashion-mnist prometheus
+.PHONY: demo test lint bench bench-learning bench-drift venv clean fashion-mnist prometheus
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
@@ -52,6 +52,10 @@ bench-learning: $(STAMP)
 	$(PY) bench/learning.py --scenario split-digits --memory 500 --round 100 --json
 	$(PY) bench/learning.py --scenario split-fashion-mnist --memory 500 --json
 	$(PY) bench/learning.py --scenario permuted-fashion-mnist --memory 500 --json
+
+# The daemon on drifting tabular streams against River, labels 500 samples late (about 5 minutes).
+bench-drift: $(STAMP)
+	$(PY) bench/drift.py --json
 
 clean:
 	rm -rf $(VENV) demo-state demo-report .pytest_cache .mypy_cache .ruff_cache

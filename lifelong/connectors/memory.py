@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -24,6 +24,7 @@ class MemoryBus:
         self.partitions = partitions
         self._topics: dict[str, list[list[Record]]] = {}
         self.committed: dict[TopicPartition, int] = {}
+        self.appended = threading.Condition()  # notified on every produce: a poll waits on it
 
     def topic(self, name: str) -> list[list[Record]]:
         """The partitions of ``name``, created on first use."""
@@ -46,7 +47,9 @@ class MemoryBus:
             partition = (zlib.crc32(key) if key is not None else count) % len(partitions)
         log = partitions[partition]
         record = Record(topic, partition, len(log), value, key, timestamp_ms, tuple(headers))
-        log.append(record)
+        with self.appended:
+            log.append(record)
+            self.appended.notify_all()
         return record
 
     def records(self, topic: str) -> list[Record]:
@@ -75,7 +78,12 @@ class MemorySource:
                 self._next[tp] = positions(tp) or 0
 
     def poll(self, timeout_s: float) -> Sequence[Batch]:
-        """Up to ``max_poll_records`` records, taken across partitions in turn."""
+        """Up to ``max_poll_records`` records, taken across partitions in turn.
+
+        Waits up to ``timeout_s`` for one, as Kafka's poll does: an idle consumer loop never spins.
+        """
+        with self.bus.appended:
+            self.bus.appended.wait_for(self._available, timeout=max(0.0, timeout_s))
         out: list[Batch] = []
         budget = self.max_poll_records
         for tp, start in self._next.items():
@@ -85,6 +93,9 @@ class MemorySource:
                 budget -= len(chunk)
                 self._next[tp] = start + len(chunk)
         return out
+
+    def _available(self) -> bool:
+        return any(len(self.bus.topic(tp.topic)[tp.partition]) > start for tp, start in self._next.items())
 
     def commit(self, positions: Mapping[TopicPartition, int]) -> None:
         """Remember ``positions`` on the bus, as Kafka would for the group."""
@@ -150,12 +161,11 @@ class MemoryTail:
 
     def poll(self, timeout_s: float) -> list[bytes]:
         """Values appended since the last poll (waiting up to ``timeout_s`` for one)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            records = self.bus.records(self.topic)
-            if len(records) > self._seen or time.monotonic() >= deadline:
-                break
-            time.sleep(min(0.05, timeout_s))
+        with self.bus.appended:
+            self.bus.appended.wait_for(
+                lambda: len(self.bus.records(self.topic)) > self._seen, timeout=max(0.0, timeout_s)
+            )
+        records = self.bus.records(self.topic)
         new, self._seen = records[self._seen :], len(records)
         return [r.value for r in new if r.value is not None]
 
