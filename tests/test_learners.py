@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from lifelong.benchmarks import digits
 from lifelong.errors import ConfigError, StateError
+from lifelong.learners import models
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import Labeled, accuracy
 from lifelong.learners.gate import Gate, is_holdout
@@ -75,7 +76,7 @@ def test_model_factory_by_import_path_and_clear_errors() -> None:
         build_model("mlp", features=8, classes=3, options={"depth": 3})
 
 
-def test_warm_start_loads_a_backbone_and_freezes_it(tmp_path: Path) -> None:
+def test_warm_start_loads_a_backbone_and_freezes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     donor = mlp(64, 4, hidden=(32,))  # a different head: only the body matches
     path = tmp_path / "backbone.safetensors"
     save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(path))
@@ -86,6 +87,17 @@ def test_warm_start_loads_a_backbone_and_freezes_it(tmp_path: Path) -> None:
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
     with pytest.raises(ConfigError, match=r"learner\.freeze"):
         build_model("mlp", features=64, classes=10, freeze=["trunk."])
+    # Read once while unchanged: every round builds a learner, none re-reads the file.
+    reads = []
+    original = models.load_file
+    monkeypatch.setattr(models, "load_file", lambda p: reads.append(p) or original(p))
+    for _ in range(3):
+        build_model("mlp", features=64, classes=10, options={"hidden": [32]}, init_weights=path)
+    assert len(reads) <= 1
+    other = mlp(64, 4, hidden=(32,))
+    save_file({k: v.contiguous() + 1 for k, v in other.state_dict().items()}, str(path))  # changed
+    model = build_model("mlp", features=64, classes=10, options={"hidden": [32]}, init_weights=path)
+    assert torch.equal(model.state_dict()["body.0.weight"], other.state_dict()["body.0.weight"] + 1)
     (tmp_path / "bad.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(StateError, match=r"bad\.safetensors"):
         build_model("mlp", features=64, classes=10, init_weights=tmp_path / "bad.safetensors")

@@ -9,6 +9,7 @@ shapes never change and every saved version loads into the same module.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable, Sequence
@@ -146,9 +147,13 @@ def build_model(
 
 
 def warm_start(model: nn.Module, path: Path) -> list[str]:
-    """Load the matching tensors of a safetensors file into ``model``; return the names loaded."""
+    """Load the matching tensors of a safetensors file into ``model``; return the names loaded.
+
+    The file is read once while it is unchanged (every round builds a learner: none re-reads it).
+    """
     try:
-        saved = load_file(str(path))
+        status = Path(path).stat()
+        saved = _read_weights(str(path), status.st_mtime_ns, status.st_size)
     except (OSError, ValueError) as error:  # safetensors raises its own subclass of Exception on a bad header
         raise StateError(f"learner.init_weights: cannot read {path} as safetensors ({error})") from None
     except Exception as error:
@@ -160,5 +165,11 @@ def warm_start(model: nn.Module, path: Path) -> list[str]:
             f"learner.init_weights: no tensor in {path} matches the model by name and shape; "
             f"the model has {sorted(own)[:8]}..."
         )
-    model.load_state_dict(matched, strict=False)
+    model.load_state_dict(matched, strict=False)  # copies: the cached tensors stay as read
     return sorted(matched)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_weights(path: str, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, cached by path, modification time and size."""
+    return load_file(path)
