@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -18,9 +16,9 @@ from lifelong.config import Settings, load_settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon, RunState
 from lifelong.daemon.learning import open_registry
-from lifelong.daemon.wiring import build_daemon, memory_connectors
 from lifelong.events import encode_sample
 from tests import waiting
+from tests.inprocess import daemon_on_bus
 
 X, Y, _, _ = digits()
 
@@ -75,20 +73,8 @@ def running(
     config = tmp_path / "lifelong.toml"
     config.write_text(CONFIG.format(dir=tmp_path / "state"))
     settings = load_settings(config)
-    bus = MemoryBus()
-    registry = CollectorRegistry()
-    with ExitStack() as stack:
-        daemon = build_daemon(
-            settings, stack, connectors=memory_connectors(settings, bus), metrics_registry=registry
-        )
-        daemon.poll_timeout_s = 0.05
-        thread = threading.Thread(target=daemon.run, daemon=True)
-        thread.start()
-        try:
-            yield daemon, bus, settings, registry
-        finally:
-            daemon.stop()
-            thread.join(timeout=60)
+    with daemon_on_bus(settings) as (daemon, bus, registry):
+        yield daemon, bus, settings, registry
     assert daemon.state == RunState.STOPPED
 
 

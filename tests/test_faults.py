@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from functools import partial
@@ -28,6 +27,7 @@ from lifelong.errors import DiskFull
 from lifelong.events import encode_sample
 from lifelong.memory.samples import IngestBatch
 from tests import waiting
+from tests.inprocess import daemon_on_bus
 from tests.streams import stored
 
 X, Y, _, _ = digits()
@@ -102,20 +102,7 @@ def start(settings: Settings) -> Iterator:  # type: ignore[type-arg]
     with ExitStack() as stack:
 
         def started(bus: MemoryBus | None = None) -> tuple[Daemon, MemoryBus, CollectorRegistry]:
-            bus = bus or MemoryBus()
-            registry = CollectorRegistry()
-            daemon = build_daemon(
-                settings, stack, connectors=memory_connectors(settings, bus), metrics_registry=registry
-            )
-            daemon.poll_timeout_s = 0.05
-            thread = threading.Thread(target=daemon.run, daemon=True)
-            thread.start()
-
-            def stop() -> None:
-                daemon.stop()
-                thread.join(timeout=60)
-
-            stack.callback(stop)
+            daemon, bus, registry = stack.enter_context(daemon_on_bus(settings, bus))
             wait_for(lambda: daemon.state == RunState.RUNNING)
             return daemon, bus, registry
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,9 +14,9 @@ from prometheus_client import CollectorRegistry
 from lifelong.config import Settings, load_settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon
-from lifelong.daemon.wiring import build_daemon, memory_connectors
 from lifelong.events import encode_feedback, encode_sample
 from tests import waiting
+from tests.inprocess import daemon_on_bus
 
 FEATURES, CLASSES = 16, 4
 CENTERS = np.random.default_rng(7).normal(0, 3, (CLASSES, FEATURES))
@@ -62,19 +60,8 @@ def running(
     config = tmp_path / "lifelong.toml"
     config.write_text(CONFIG.format(dir=tmp_path / "state"))
     settings = load_settings(config)
-    bus, registry = MemoryBus(), CollectorRegistry()
-    with ExitStack() as stack:
-        daemon = build_daemon(
-            settings, stack, connectors=memory_connectors(settings, bus), metrics_registry=registry
-        )
-        daemon.poll_timeout_s = 0.05
-        thread = threading.Thread(target=daemon.run, daemon=True)
-        thread.start()
-        try:
-            yield daemon, bus, settings, registry
-        finally:
-            daemon.stop()
-            thread.join(timeout=60)
+    with daemon_on_bus(settings) as (daemon, bus, registry):
+        yield daemon, bus, settings, registry
 
 
 def accepted(registry: CollectorRegistry, topic: str) -> float:
