@@ -120,3 +120,22 @@ def test_a_set_too_noisy_to_mean_anything_is_not_judged() -> None:
     many = data(2000, old_concept)
     verdict = Gate(max_margin=0.1).judge(half_wrong, Rule(old_concept), recent=many, remembered=many)
     assert verdict.judged and not verdict.promote
+
+
+def test_after_a_change_the_memory_alone_does_not_judge_a_candidate() -> None:
+    # Only 40 samples show the new concept (in a new region) yet; the candidate learned half of
+    # them and forgot a quarter of the old region: too noisy to judge on the current window.
+    recent = concat(data(600, old_concept, prefix="o"), data(40, new_concept, shift=6.0, prefix="n"))
+    remembered = data(300, old_concept, prefix="m")
+    newer = data(1000, new_concept, shift=6.0, prefix="t")
+
+    def learning(x: Array) -> Array:
+        half = np.where(np.arange(len(x)) % 2 == 0, new_concept(x), 1 - new_concept(x))
+        old = np.where(x[:, 1] > 0.7, 1 - old_concept(x), old_concept(x))
+        return np.where(x[:, 0] > 3, half, old)
+
+    gate = Gate(change_rounds=1)
+    verdict = gate.judge(Rule(learning), Rule(old_concept), recent=recent, remembered=remembered, newer=newer)
+    assert verdict.scores["change"] == 1 and verdict.scores["candidate_memory"] < 0.9
+    assert not verdict.promote and not verdict.judged, verdict.reason
+    assert "too few samples show the current concept" in verdict.reason

@@ -172,8 +172,12 @@ class Demo:
             raise RuntimeError(f"{dropped} demo events were not delivered to the embedded broker")
 
     def _wait_for_room(self) -> None:
-        """Hold the stream while a round's worth of labels waits: the demo goes as fast as it trains."""
-        while self._stored() < self.progress.streamed or self.control.updater.pending() >= ROUND:
+        """Hold the stream while a round is due: the demo goes as fast as it trains.
+
+        A round the gate defers leaves its labels waiting; the stream goes on (the next round
+        waits for new labels).
+        """
+        while self._stored() < self.progress.streamed or self.control.due("interval"):
             self._observe()
             time.sleep(0.2)
 
@@ -186,10 +190,12 @@ class Demo:
         while self._lagging() or self._stored() < sent:
             self._observe()
             time.sleep(0.2)
-        failed = self.control.counts["failed"]
+        failed, deferred = self.control.counts["failed"], self.control.counts["deferred"]
         while self.control.updater.pending() > 0:
             if self.control.counts["failed"] > failed:
                 raise RuntimeError("an update round failed during the demo; see the log above")
+            if self.control.counts["deferred"] > deferred:
+                break  # too few held-out labels to judge what is left: they wait for the next task
             if not self.control.running:
                 self.control.run_round("task-end", force=True)
             self._observe()

@@ -25,7 +25,8 @@ Forgetting or a changed world? The gate tells them apart from the data:
    samples and when its noise allows no more than ``max_margin`` of drop beyond the
    tolerance (``z`` standard errors of the paired difference): a handful of samples
    judges nothing. When no set can be judged the round is *deferred*: nothing is
-   recorded and its labels wait for the next round, with more held-out data.
+   recorded and its labels wait for the next round, with more held-out data. After
+   a change, the memory alone never judges: the current window must.
 
 A candidate is rejected if it is worse than the champion beyond the margin on
 the current window, or on the remembered knowledge, unless its gain on the
@@ -209,6 +210,10 @@ class Gate:
         if not comparisons:
             return Verdict(False, judging.scores, f"too few held-out samples to judge{notes}", judged=False)
         now, kept = comparisons.get("recent"), comparisons.get("memory")
+        if judging.scores.get("change") and now is None:
+            # What still holds alone cannot judge a candidate for a world that changed: wait for it.
+            reason = f"a change is adopted but too few samples show the current concept yet{notes}"
+            return Verdict(False, judging.scores, reason, judged=False)
         where = "on the current concept" if judging.scores.get("change") else "on recent data"
         if now is not None and now.worse:
             return Verdict(
