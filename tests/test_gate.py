@@ -112,27 +112,37 @@ def test_forgetting_another_region_is_weighed_against_the_gain_where_the_world_i
 
 def test_a_set_too_noisy_to_mean_anything_is_not_judged() -> None:
     few = data(30, old_concept)
-    half_wrong = Rule(lambda x: np.where(np.arange(len(x)) % 2 == 0, 1 - old_concept(x), old_concept(x)))
-    verdict = Gate(max_margin=0.1).judge(half_wrong, Rule(old_concept), recent=few, remembered=few)
+    # A tenth wrong: a drop of about 0.1 that 30 samples can neither show nor rule out.
+    tenth_wrong = Rule(lambda x: np.where(np.arange(len(x)) % 10 == 0, 1 - old_concept(x), old_concept(x)))
+    verdict = Gate(max_margin=0.1).judge(tenth_wrong, Rule(old_concept), recent=few, remembered=few)
     assert not verdict.promote and not verdict.judged
     assert "noise" in verdict.reason and "not judged" in verdict.reason
     # The same drop on enough samples is judged, and rejected.
     many = data(2000, old_concept)
-    verdict = Gate(max_margin=0.1).judge(half_wrong, Rule(old_concept), recent=many, remembered=many)
+    verdict = Gate(max_margin=0.1).judge(tenth_wrong, Rule(old_concept), recent=many, remembered=many)
     assert verdict.judged and not verdict.promote
+    # A drop far beyond the noise needs no more samples to be a drop; nor a clear gain to be a gain.
+    half_wrong = Rule(lambda x: np.where(np.arange(len(x)) % 2 == 0, 1 - old_concept(x), old_concept(x)))
+    verdict = Gate(max_margin=0.1).judge(half_wrong, Rule(old_concept), recent=few, remembered=few)
+    assert verdict.judged and not verdict.promote
+    verdict = Gate(max_margin=0.1).judge(Rule(old_concept), half_wrong, recent=few, remembered=few)
+    assert verdict.judged and verdict.promote
 
 
 def test_after_a_change_the_memory_alone_does_not_judge_a_candidate() -> None:
-    # Only 40 samples show the new concept (in a new region) yet; the candidate learned half of
-    # them and forgot a quarter of the old region: too noisy to judge on the current window.
-    recent = concat(data(600, old_concept, prefix="o"), data(40, new_concept, shift=6.0, prefix="n"))
+    # A new region appears whose labels follow x1; the old champion is right on half of it by
+    # chance, the candidate on another half, and it forgot a quarter of the old region. 40 samples
+    # of the new region cannot tell the two apart, and the memory must not decide alone.
+    def region(x: Array) -> Array:
+        return np.where(x[:, 0] > 3, (x[:, 1] > 6).astype(np.int64), old_concept(x))
+
+    recent = concat(data(600, old_concept, prefix="o"), data(40, region, shift=6.0, prefix="n"))
     remembered = data(300, old_concept, prefix="m")
-    newer = data(1000, new_concept, shift=6.0, prefix="t")
+    newer = data(1000, region, shift=6.0, prefix="t")
 
     def learning(x: Array) -> Array:
-        half = np.where(np.arange(len(x)) % 2 == 0, new_concept(x), 1 - new_concept(x))
         old = np.where(x[:, 1] > 0.7, 1 - old_concept(x), old_concept(x))
-        return np.where(x[:, 0] > 3, half, old)
+        return np.where(x[:, 0] > 3, np.where(x[:, 2] > 6, region(x), 1 - region(x)), old)
 
     gate = Gate(change_rounds=1)
     verdict = gate.judge(Rule(learning), Rule(old_concept), recent=recent, remembered=remembered, newer=newer)

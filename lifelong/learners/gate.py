@@ -22,9 +22,10 @@ Forgetting or a changed world? The gate tells them apart from the data:
    their own neighbours) carry another label in a third or more of cases is left
    out of the memory check.
 3. **Enough to mean anything.** A set is judged only with at least ``min_samples``
-   samples and when its noise allows no more than ``max_margin`` of drop beyond the
-   tolerance (``z`` standard errors of the paired difference): a handful of samples
-   judges nothing. When no set can be judged the round is *deferred*: nothing is
+   samples, and, unless the candidate is significantly better or worse on it, only
+   when its noise allows no more than ``max_margin`` of drop beyond the tolerance
+   (``z`` standard errors of the paired difference): a handful of samples cannot
+   vouch that a candidate is not worse. When no set can be judged the round is *deferred*: nothing is
    recorded and its labels wait for the next round, with more held-out data. After
    a change, the memory alone never judges: the current window must.
 
@@ -83,6 +84,11 @@ class Comparison:
     @property
     def worse(self) -> bool:
         return self.difference < -self.margin
+
+    @property
+    def conclusive(self) -> bool:
+        """Significantly worse or significantly better, however noisy: the set decides either way."""
+        return self.worse or self.difference > self.noise
 
     @property
     def clear_gain(self) -> float:
@@ -196,7 +202,7 @@ class Gate:
                 comparisons[name] = compared
             elif compared.samples < self.min_samples:
                 judging.notes.append(f"{name}: {compared.samples} samples < {self.min_samples}, not judged")
-            elif compared.noise > self.max_margin:
+            elif compared.noise > self.max_margin and not compared.conclusive:
                 judging.notes.append(
                     f"{name}: noise {compared.noise:.3f} > {self.max_margin} on {compared.samples} samples, "
                     "not judged"
