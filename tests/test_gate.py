@@ -149,3 +149,25 @@ def test_after_a_change_the_memory_alone_does_not_judge_a_candidate() -> None:
     assert verdict.scores["change"] == 1 and verdict.scores["candidate_memory"] < 0.9
     assert not verdict.promote and not verdict.judged, verdict.reason
     assert "too few samples show the current concept" in verdict.reason
+
+
+def test_new_classes_being_learned_are_not_a_change() -> None:
+    # Classes 2 and 3 arrive after 0 and 1; the champion has had one round of them and still gets
+    # 40% of them wrong. Their errors fall as they are learned: nothing was relabeled.
+    x = RNG.normal(size=(800, 4)).astype(np.float32)
+    later = np.arange(800) >= 600
+    wrong = later & (np.arange(800) % 5 < 2)
+    new_classes = np.where(later, 2 + np.arange(800) % 2, np.arange(800) % 2)
+    same_classes = np.arange(800) % 2
+
+    class Learning(Rule):
+        seen = (0, 1, 2, 3)
+
+    def answers(y: Array) -> Learning:  # right on every sample but the wrong ones
+        return Learning(lambda rows: np.where(wrong, (y + 1) % 2 + 2 * (y >= 2), y))
+
+    learning = Labeled(ids=[f"r{i}" for i in range(800)], x=x, y=new_classes)
+    assert Gate().since_change(answers(new_classes), learning) is None
+    # The same rise of errors on classes the older half already held is a change.
+    relabeled = Labeled(ids=learning.ids, x=x, y=same_classes)
+    assert Gate().since_change(answers(same_classes), relabeled) is not None

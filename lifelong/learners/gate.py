@@ -287,9 +287,14 @@ class Gate:
         if len(recent) < 2 * self.min_samples:
             return recent
         errors = (champion.predict(recent.x) != recent.y).astype(float)
-        # Samples of classes the champion never trained on are new knowledge, not a changed concept.
+        # A changed concept relabels what was already there: only classes the champion trained on and
+        # that the older half of the window holds count. A class new to the stream is new knowledge
+        # (its errors fall as it is learned), not a change.
         seen = getattr(champion, "seen", None)
-        known = np.isin(recent.y, seen) if seen is not None else np.ones(len(recent), dtype=bool)
+        established = np.unique(recent.y[: len(recent) // 2])
+        if seen is not None:
+            established = np.intersect1d(established, seen)
+        known = np.isin(recent.y, established)
         errors = errors[known]
         if len(errors) < 2 * self.min_samples:
             return recent
