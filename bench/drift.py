@@ -69,7 +69,6 @@ Reported per stream and model, as mean/min/max over the seeds:
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -80,247 +79,41 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from river import datasets, forest, linear_model, multiclass, preprocessing, tree
-from river.datasets import synth
+from drift_streams import BASELINES, STREAMS, Stream, make_stream, run_river
 
 from lifelong.config import Settings, load_settings
-from lifelong.connectors.base import Batch, Source, TopicPartition
-from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
+from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon
 from lifelong.daemon.ingest import Stored
-from lifelong.daemon.wiring import Connectors, build_daemon
-from lifelong.events import TopicDecoder, encode_feedback, encode_sample
+from lifelong.daemon.wiring import build_daemon, memory_connectors
+from lifelong.events import encode_feedback, encode_sample
 
 log = logging.getLogger("bench.drift")
 
-STREAMS = ("hyperplane", "sine", "stagger", "led", "phishing", "bananas")
-BASELINES = {
-    "arf": "forest.ARFClassifier(seed=seed)",
-    "hat": "tree.HoeffdingAdaptiveTreeClassifier(seed=seed)",
-    "scaled_logreg": "preprocessing.StandardScaler() | linear_model.LogisticRegression() (one-vs-rest)",
-}
 WINDOW = 200  # the rolling accuracy that must recover after a change ...
 BEFORE = 1000  # ... to within TOLERANCE of its level on this many samples before it
 TOLERANCE = 0.05
 SETTLE_TIMEOUT_S = 900.0  # one chunk; only a stuck daemon takes this long
 
 
-# -- streams ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Drift:
-    """A known change in the stream: ``abrupt`` at sample ``at``, or ``gradual`` from ``at`` on."""
-
-    at: int
-    kind: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One seeded stream: inputs as they go on the wire (raw units), integer labels, its drifts."""
-
-    name: str
-    x: np.ndarray[Any, Any]
-    y: np.ndarray[Any, Any]
-    classes: int
-    drifts: list[Drift]
-    scaled: dict[int, float]
-
-    @property
-    def abrupt(self) -> list[int]:
-        return [d.at for d in self.drifts if d.kind == "abrupt"]
-
-
-def _take(
-    rows: Iterable[tuple[dict[Any, Any], Any]], n: int | None
-) -> tuple[list[dict[Any, Any]], list[int]]:
-    xs, ys = [], []
-    for x, y in itertools.islice(rows, n):
-        xs.append(x)
-        ys.append(int(y))
-    return xs, ys
-
-
-def _segments(
-    name: str, make: Callable[[int], Iterable[tuple[dict[Any, Any], Any]]], concepts: Sequence[str], n: int
-) -> tuple[list[dict[Any, Any]], list[int], list[Drift]]:
-    """Concatenate ``n`` samples of each concept: an abrupt change at each boundary."""
-    xs: list[dict[Any, Any]] = []
-    ys: list[int] = []
-    drifts = []
-    for k, concept in enumerate(concepts):
-        if k:
-            drifts.append(Drift(len(ys), "abrupt", f"{name}: {concepts[k - 1]} -> {concept}"))
-        x, y = _take(make(k), n)
-        xs += x
-        ys += y
-    return xs, ys, drifts
-
-
-def make_stream(name: str, seed: int, *, quick: bool) -> Stream:
-    """The stream ``name`` generated with ``seed`` (``quick``: a few hundred samples per concept)."""
-    drifts: list[Drift] = []
-    scale: dict[int, float] = {}
-    if name == "hyperplane":
-        n = 1200 if quick else 10_000
-        gen = synth.Hyperplane(seed=seed, n_features=10, n_drift_features=2, mag_change=0.001)
-        xs, ys = _take(gen, n)
-        drifts = [Drift(0, "gradual", "hyperplane: 2 of 10 weights change by 0.001 at every sample")]
-        classes, scale = 2, {0: 1e3, 1: 1e5, 5: 1e4}
-    elif name == "sine":
-        functions = ["SINE1", "reversed SINE1", "SINE2", "reversed SINE2"]
-        order = [0, 2, 1, 3]
-        xs, ys, drifts = _segments(
-            name,
-            lambda k: synth.Sine(classification_function=order[k], seed=seed * 10 + k, has_noise=True),
-            [functions[f] for f in order],
-            400 if quick else 2500,
-        )
-        classes, scale = 2, {0: 1e3, 1: 1e5, 3: 1e4}
-    elif name == "stagger":
-        concepts = ["small and red", "green or circle", "medium or large"]
-        xs, ys, drifts = _segments(
-            name,
-            lambda k: synth.STAGGER(classification_function=k, seed=seed * 10 + k),
-            concepts,
-            400 if quick else 3000,
-        )
-        classes, scale = 2, {0: 1e3, 1: 1e4}
-    elif name == "led":
-        swapped = [0, 3, 6]
-        xs, ys, drifts = _segments(
-            name,
-            lambda k: synth.LEDDrift(
-                seed=seed * 10 + k,
-                noise_percentage=0.1,
-                irrelevant_features=True,
-                n_drift_features=swapped[k],
-            ),
-            [f"{s} segments swapped" for s in swapped],
-            400 if quick else 3000,
-        )
-        classes, scale = 10, {0: 1e3, 3: 1e5, 10: 1e4}
-    elif name == "phishing":
-        xs, ys = _take(datasets.Phishing(), 1000 if quick else None)
-        classes = 2
-    elif name == "bananas":
-        xs, ys = _take(datasets.Bananas(), 1000 if quick else None)
-        classes = 2
-    else:
-        raise ValueError(f"no stream {name!r}; choose from {', '.join(STREAMS)}")
-    keys = sorted({key for row in xs for key in row}, key=str)
-    x = np.array([[float(row.get(key, 0.0)) for key in keys] for row in xs], dtype=np.float64)
-    for column, factor in scale.items():
-        x[:, column] *= factor
-    return Stream(
-        name=name,
-        x=x.astype(np.float32),  # what the wire carries; River reads the same values
-        y=np.asarray(ys, dtype=np.int64),
-        classes=classes,
-        drifts=drifts,
-        scaled=scale,
-    )
-
-
-# -- River ------------------------------------------------------------------------------------------
-
-
-def river_model(name: str, classes: int, seed: int) -> Any:
-    """A fresh baseline model."""
-    if name == "arf":
-        return forest.ARFClassifier(seed=seed)
-    if name == "hat":
-        return tree.HoeffdingAdaptiveTreeClassifier(seed=seed)
-    if name == "scaled_logreg":
-        head = (
-            linear_model.LogisticRegression()
-            if classes == 2
-            else multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
-        )
-        return preprocessing.StandardScaler() | head
-    raise ValueError(f"no baseline {name!r}")
-
-
-def run_river(name: str, stream: Stream, *, delay: int, seed: int) -> tuple[np.ndarray[Any, Any], float]:
-    """Predict each sample on arrival, learn it ``delay`` samples later; the predictions (-1: none)."""
-    started = time.monotonic()
-    model = river_model(name, stream.classes, seed)
-    binary = stream.classes == 2
-    rows = [dict(enumerate(map(float, row))) for row in stream.x]
-    labels: list[Any] = [bool(y) for y in stream.y] if binary else [int(y) for y in stream.y]
-    predicted = np.full(len(rows), -1, dtype=np.int64)
-    for i, x in enumerate(rows):
-        guess = model.predict_one(x)
-        if guess is not None:
-            predicted[i] = int(guess)
-        if i >= delay:
-            model.learn_one(rows[i - delay], labels[i - delay])
-    return predicted, time.monotonic() - started
-
-
 # -- the daemon -------------------------------------------------------------------------------------
 
 
-class WakingBus(MemoryBus):
-    """A :class:`MemoryBus` whose chunks land at once and whose readers wait for them (Kafka's long poll)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrived = threading.Condition()
-
-    def produce_all(self, records: Iterable[tuple[str, str, bytes]]) -> int:
-        """Append every (topic, key, value) in one step; return how many."""
-        with self.arrived:
-            count = 0
-            for topic, key, value in records:
-                self.produce(topic, value, key=key.encode())
-                count += 1
-            self.arrived.notify_all()
-        return count
-
-
-class WaitingSource(MemorySource):
-    """A memory source whose poll waits up to its timeout for records instead of returning at once."""
-
-    bus: WakingBus
-
-    def poll(self, timeout_s: float) -> Sequence[Batch]:
-        with self.bus.arrived:
-            found = super().poll(timeout_s)
-            if not found:
-                self.bus.arrived.wait(timeout_s)
-                found = super().poll(timeout_s)
-        return found
-
-
-def connectors(settings: Settings, bus: WakingBus) -> Connectors:
-    kafka = settings.kafka
-
-    def source(positions: Mapping[tuple[str, int], int], decode: TopicDecoder) -> Source:
-        def start(tp: TopicPartition) -> int | None:
-            return positions.get((tp.topic, tp.partition))
-
-        return WaitingSource(
-            bus=bus,
-            topics=[kafka.samples_topic, kafka.feedback_topic],
-            positions=start,
-            max_poll_records=kafka.max_poll_records,
-        )
-
-    return Connectors(
-        source=source,
-        dead_letters=MemoryDeadLetterSink(bus=bus, topic=kafka.dead_letter_topic),
-        publisher=lambda topic: MemoryPublisher(bus=bus, topic=topic),
-    )
+def produce_all(bus: MemoryBus, records: Iterable[tuple[str, str, bytes]]) -> int:
+    """Append every (topic, key, value) under the bus's lock: its reader wakes to the whole chunk."""
+    with bus.appended:
+        count = 0
+        for topic, key, value in records:
+            bus.produce(topic, value, key=key.encode())
+            count += 1
+    return count
 
 
 def daemon_settings(stream: Stream, state_dir: Path, round_labels: int) -> Settings:
@@ -451,8 +244,8 @@ def run_daemon(stream: Stream, *, delay: int, round_labels: int, chunk: int) -> 
     with tempfile.TemporaryDirectory(prefix="lifelong-drift-") as directory, ExitStack() as stack:
         settings = daemon_settings(stream, Path(directory) / "state", round_labels)
         kafka = settings.kafka
-        bus = WakingBus()
-        daemon = build_daemon(settings, stack, connectors=connectors(settings, bus))
+        bus = MemoryBus()
+        daemon = build_daemon(settings, stack, connectors=memory_connectors(settings, bus))
         produced = 0
         pacer = Pacer(daemon, round_labels, lambda: produced)
 
@@ -483,7 +276,7 @@ def run_daemon(stream: Stream, *, delay: int, round_labels: int, chunk: int) -> 
                 (kafka.feedback_topic, ids[j], encode_feedback(ids[j], int(stream.y[j])))
                 for j in range(max(0, start - delay), max(0, end - delay))
             ]
-            sent += bus.produce_all(records)
+            sent += produce_all(bus, records)
             produced = end
             timeline.append((time.time(), end))
             pacer.settle(sent, thread.is_alive)
