@@ -1,6 +1,6 @@
 """The daemon on drifting tabular streams with delayed labels, against River in the same run.
 
-    python bench/drift.py --json                  # every stream, seeds 0 and 1 (about 20-25 min, 2 cores)
+    python bench/drift.py --json                  # every stream, seeds 0 and 1 (about 5 minutes on 2 cores)
     python bench/drift.py --streams sine,stagger --seeds 0 --json
     python bench/drift.py --quick --json          # tiny streams, for the test
 
