@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from lifelong.config import Settings
+from lifelong.config import Settings, load_settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon
 from lifelong.daemon.wiring import build_daemon, memory_connectors
@@ -32,3 +33,15 @@ def daemon_on_bus(
         finally:
             daemon.stop()
             thread.join(timeout=60)
+
+
+@contextmanager
+def daemon_from_config(
+    text: str, directory: Path
+) -> Iterator[tuple[Daemon, MemoryBus, Settings, CollectorRegistry]]:
+    """:func:`daemon_on_bus` for a config ``text`` whose ``{dir}`` becomes ``directory``/state."""
+    config = directory / "lifelong.toml"
+    config.write_text(text.format(dir=directory / "state"))
+    settings = load_settings(config)
+    with daemon_on_bus(settings) as (daemon, bus, registry):
+        yield daemon, bus, settings, registry

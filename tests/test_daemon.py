@@ -12,13 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lifelong.benchmarks import digits
-from lifelong.config import Settings, load_settings
+from lifelong.config import Settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon, RunState
 from lifelong.daemon.learning import open_registry
 from lifelong.events import encode_sample
 from tests import waiting
-from tests.inprocess import daemon_on_bus
+from tests.inprocess import daemon_from_config
 
 X, Y, _, _ = digits()
 
@@ -70,12 +70,9 @@ wait_for = partial(waiting.wait_for, timeout_s=120.0)
 def running(
     tmp_path: Path, clean_env: None
 ) -> Iterator[tuple[Daemon, MemoryBus, Settings, CollectorRegistry]]:
-    config = tmp_path / "lifelong.toml"
-    config.write_text(CONFIG.format(dir=tmp_path / "state"))
-    settings = load_settings(config)
-    with daemon_on_bus(settings) as (daemon, bus, registry):
-        yield daemon, bus, settings, registry
-    assert daemon.state == RunState.STOPPED
+    with daemon_from_config(CONFIG, tmp_path) as running:
+        yield running
+    assert running[0].state == RunState.STOPPED
 
 
 def champion(settings: Settings) -> int | None:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from lifelong.config import Settings, load_settings
+from lifelong.config import Settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon
 from lifelong.events import encode_feedback, encode_sample
 from tests import waiting
-from tests.inprocess import daemon_on_bus
+from tests.inprocess import daemon_from_config
 
 FEATURES, CLASSES = 16, 4
 CENTERS = np.random.default_rng(7).normal(0, 3, (CLASSES, FEATURES))
@@ -57,11 +57,8 @@ def blobs(n: int, seed: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]
 def running(
     tmp_path: Path, clean_env: None
 ) -> Iterator[tuple[Daemon, MemoryBus, Settings, CollectorRegistry]]:
-    config = tmp_path / "lifelong.toml"
-    config.write_text(CONFIG.format(dir=tmp_path / "state"))
-    settings = load_settings(config)
-    with daemon_on_bus(settings) as (daemon, bus, registry):
-        yield daemon, bus, settings, registry
+    with daemon_from_config(CONFIG, tmp_path) as running:
+        yield running
 
 
 def accepted(registry: CollectorRegistry, topic: str) -> float:
