@@ -22,11 +22,12 @@ Results do not depend on the machine's speed: the producer is paced as the
 demo paces it. After each chunk of ``--chunk`` samples (and the labels due by
 then) it waits until the daemon has handled every event sent (predictions
 published, drift signals fed), until no drift-triggered round is due or
-running, and until fewer than a round's labels wait or a scheduled round that
+running, until fewer than a round's labels wait or a scheduled round that
 began after all of it has ended (the daemon may defer a round: its labels
-then wait), so a round runs at the same point of the stream on any machine.
-It waits on those signals, never on fixed sleeps. (Wall-clock settings such
-as ``drift_cooldown_s`` and ``alarm_hold_s`` still count seconds.)
+then wait), and until the online heads have taken in every label stored, so
+rounds and heads learn at the same point of the stream on any machine. It
+waits on those signals, never on fixed sleeps. (Wall-clock settings such as
+``drift_cooldown_s`` and ``alarm_hold_s`` still count seconds.)
 
 The baselines, in the same run on the same stream and the same delay: River's
 ``forest.ARFClassifier``, ``tree.HoeffdingAdaptiveTreeClassifier`` and
@@ -201,6 +202,8 @@ class Pacer:
             and not control.running
             # A round is due: wait for it, or for one that saw every event and left labels waiting.
             and (not control.due("interval") or self.attempted >= sent)
+            # The online heads have taken in every label stored (they follow on their own thread).
+            and (self.daemon.online is None or not self.daemon.online.behind())
         )
 
     def settle(self, sent: int, alive: Callable[[], bool]) -> None:
@@ -234,6 +237,7 @@ class DaemonRun:
     drift_rounds_at: list[int]
     alarms: dict[str, int]
     rollbacks: dict[str, int]
+    members: dict[str, float]  # each served member's own prequential accuracy on the samples it predicted
 
 
 def run_daemon(stream: Stream, *, delay: int, round_labels: int, chunk: int) -> DaemonRun:
@@ -283,6 +287,9 @@ def run_daemon(stream: Stream, *, delay: int, round_labels: int, chunk: int) -> 
         versions = daemon.versions()["versions"]
         control = pacer.control
         rollbacks = dict(control.rollbacks)
+        members = {
+            name: right / max(scored, 1) for name, (right, scored) in control.live.member_totals.items()
+        }
         registry = daemon.metrics.registry if daemon.metrics is not None else None
         alarms = {
             signal: int(
@@ -314,6 +321,7 @@ def run_daemon(stream: Stream, *, delay: int, round_labels: int, chunk: int) -> 
         drift_rounds_at=pacer.drift_rounds_at,
         alarms=alarms,
         rollbacks=rollbacks,
+        members=members,
     )
 
 
@@ -417,6 +425,8 @@ def daemon_figures(runs: list[DaemonRun], scores: list[dict[str, Any]], stream: 
         counts["rolled_back"].append(sum(v["status"] == "rolled_back" for v in run.versions))
         reasons.update(reason_kind(v["reason"]) for v in run.versions if v["decision"] == "rejected")
     out["versions"] = {key: spread(values) for key, values in counts.items()}
+    names = sorted({name for run in runs for name in run.members})
+    out["members"] = {name: spread([run.members.get(name) for run in runs]) for name in names}
     out["rejection_reasons"] = dict(reasons.most_common())
     out["runs"] = [
         {

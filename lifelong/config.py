@@ -155,6 +155,21 @@ class LearnerSettings(_Section):
     gate_change_rounds: int = Field(2, ge=1)
     keep_versions: int = Field(20, ge=1)
     seed: int = 0
+    # Online heads served beside the network: streaming LDA learning every label as it is stored, one
+    # per half-life in labels (0: never forgets; 100: follows a change within a few hundred labels).
+    # [] serves the network alone.
+    heads: list[int] = [0, 100, 1000]
+    # Random Fourier features the heads read beside the scaled inputs (0: the inputs alone, linear).
+    head_features: int = Field(512, ge=0, le=8192)
+    # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
+    ensemble_half_life: float = Field(200.0, gt=0)
+
+    @field_validator("heads")
+    @classmethod
+    def _half_lives(cls, value: list[int]) -> list[int]:
+        if any(h < 0 for h in value) or len(set(value)) != len(value):
+            raise ValueError(f"needs distinct half-lives >= 0, got {value}")
+        return value
 
     @field_validator("scaling_range")
     @classmethod

@@ -28,6 +28,7 @@ from lifelong.daemon.control import Controller
 from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.metrics import Metrics
+from lifelong.daemon.online import OnlineMembers
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.scheduling import Schedule
 from lifelong.errors import LifelongError, StateError
@@ -133,6 +134,7 @@ class Daemon:
         schedule: Schedule | None = None,
         http: HttpServer | None = None,
         metrics: Metrics | None = None,
+        online: OnlineMembers | None = None,
         probation: Probation = Probation(),
         lock: AbstractContextManager[Any] | None = None,
         state_dir: Path | None = None,
@@ -151,6 +153,7 @@ class Daemon:
         self.schedule = schedule
         self.http = http
         self.metrics = metrics
+        self.online = online  # the heads served beside the network, on a thread of their own
         self.probation = probation
         self.lock = lock if lock is not None else contextlib.nullcontext()
         # Named in the message when its disk fills up.

@@ -6,6 +6,11 @@ arrives before its sample waits for it. Each prediction is scored once, by the
 first label its sample gets (a later relabel changes the training data, not the
 score of a prediction already made).
 
+With online members (the heads and the network, served by their weighted vote),
+each member's prediction is recorded beside the served one and scored with it
+(:attr:`LiveAccuracy.members`, each member's recent accuracy). The live
+accuracy is then the served prediction's.
+
 While a newly promoted version is on probation, its predecessor predicts every
 sample too, and the two are compared on the same samples: a drop in the new
 version's accuracy is then its own fault, not the stream's (a concept change
@@ -18,6 +23,8 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+SERVED = "served"  # the key of the served prediction in a sample's row (members are named, versions numbered)
 
 
 @dataclass
@@ -71,12 +78,19 @@ class LiveAccuracy:
         live.accuracy                                                # 0.5
     """
 
-    def __init__(self, *, window: int = 500, max_pending: int = 200_000) -> None:
+    def __init__(
+        self,
+        *,
+        window: int = 500,
+        max_pending: int = 200_000,
+    ) -> None:
         if window < 1 or max_pending < 1:
             raise ValueError(f"window and max_pending must be positive, got {window} and {max_pending}")
         self.window = window
         self.max_pending = max_pending
-        self._pending: OrderedDict[str, dict[int, int]] = OrderedDict()
+        self.members: dict[str, deque[bool]] = {}  # each online member's recent scores
+        self.member_totals: dict[str, list[int]] = {}  # ... and [right, scored] since the start
+        self._pending: OrderedDict[str, dict[int | str, int]] = OrderedDict()
         self._early: OrderedDict[str, int] = OrderedDict()
         self._scores: deque[bool] = deque(maxlen=window)
         self._champion: int | None = None
@@ -110,17 +124,32 @@ class LiveAccuracy:
         if probation is None or self.probation is probation:
             self.probation = None
 
-    def predicted(
-        self, ids: list[str], predictions: Mapping[int, Iterable[int]], labels: list[int | None]
-    ) -> list[bool]:
-        """Record each version's prediction of ``ids``; score those already labeled.
+    def member_accuracy(self, member: str) -> float:
+        """``member``'s accuracy over its last ``window`` scored predictions (NaN before any)."""
+        scores = self.members.get(member)
+        return sum(scores) / len(scores) if scores else math.nan
 
-        Returns the serving champion's scores (True: right), for the drift detector.
+    def predicted(
+        self,
+        ids: list[str],
+        predictions: Mapping[int, Iterable[int]],
+        labels: list[int | None],
+        *,
+        members: Mapping[str, Iterable[int]] | None = None,
+        served: Iterable[int] | None = None,
+    ) -> list[bool]:
+        """Record each version's (and member's) prediction of ``ids``; score those already labeled.
+
+        ``served``: what was served when it was not a version's own prediction (an ensemble).
+        Returns the served predictions' scores (True: right), for the drift detector.
         """
-        columns = {version: list(p) for version, p in predictions.items()}
+        columns: dict[int | str, list[int]] = {version: list(p) for version, p in predictions.items()}
+        columns.update((name, list(p)) for name, p in (members or {}).items())
+        if served is not None:
+            columns[SERVED] = list(served)
         scores: list[bool] = []
         for i, id in enumerate(ids):
-            row = {version: int(column[i]) for version, column in columns.items()}
+            row = {key: int(column[i]) for key, column in columns.items()}
             label = labels[i] if labels[i] is not None else self._early.pop(id, None)
             if label is None:
                 self._pending[id] = row
@@ -146,13 +175,21 @@ class LiveAccuracy:
             self._early.popitem(last=False)
         return scores
 
-    def _score(self, row: dict[int, int], label: int, scores: list[bool]) -> None:
-        """Count the serving champion's prediction (one an earlier champion made counts for nobody)."""
+    def _score(self, row: dict[int | str, int], label: int, scores: list[bool]) -> None:
+        """Count the served prediction (one an earlier champion served alone counts for nobody)."""
         champion = self._champion
-        if champion is not None and champion in row:
-            right = row[champion] == label
+        main = SERVED if SERVED in row else champion
+        if main is not None and main in row:
+            right = row[main] == label
             self._scores.append(right)
             scores.append(right)
+        for key, predicted in row.items():
+            if isinstance(key, str) and key != SERVED:
+                right = predicted == label
+                self.members.setdefault(key, deque(maxlen=self.window)).append(right)
+                totals = self.member_totals.setdefault(key, [0, 0])
+                totals[0] += right
+                totals[1] += 1
         probation = self.probation
         if probation is not None and probation.version in row and probation.predecessor in row:
             new, old = row[probation.version] == label, row[probation.predecessor] == label

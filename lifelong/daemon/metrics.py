@@ -131,12 +131,34 @@ class Metrics:
         )
         self.prequential_accuracy = KnownGauge(
             "lifelong_prequential_accuracy",
-            "Share of the last window's labeled samples the champion predicted right on arrival "
-            "(absent until one is scored).",
+            "Share of the last window's labeled samples predicted right on arrival by what was served "
+            "(the members' weighted vote, or the champion alone; absent until one is scored).",
             registry=r,
         )
-        self.predictions = Counter(
-            "lifelong_predictions", "Samples scored by the champion on arrival.", registry=r
+        self.predictions = Counter("lifelong_predictions", "Samples predicted on arrival.", registry=r)
+        self.member_accuracy = Gauge(
+            "lifelong_member_accuracy",
+            "Each served member's live accuracy over the last window (network: the champion; "
+            "lda*: the online heads).",
+            ["member"],
+            registry=r,
+        )
+        self.heads_labels = Counter(
+            "lifelong_heads_labels",
+            "Label events the online heads have taken in (learned, or passed over as held out).",
+            registry=r,
+        )
+        self.heads_behind = Gauge(
+            "lifelong_heads_behind",
+            "Label events stored that the online heads have not taken in yet (they follow on a thread "
+            "of their own; a burst leaves them behind for a while).",
+            registry=r,
+        )
+        self.member_weight = Gauge(
+            "lifelong_member_weight",
+            "Each member's weight in the served vote (from its recent live accuracy; they sum to 1).",
+            ["member"],
+            registry=r,
         )
         self.inputs_out_of_range = Counter(
             "lifelong_inputs_out_of_range",

@@ -1,8 +1,9 @@
 """What the daemon watches as events are stored: live predictions, drift signals, ingestion metrics.
 
 Called on the consumer thread after each stored batch (:class:`~lifelong.daemon.ingest.Stored`):
-the champion predicts the batch's samples (and, during a probation, its
-predecessor too); labels score the predictions they answer; the drift signals
+the champion and the online heads predict the batch's samples (and, during a
+probation, the champion's predecessor too), their weighted vote is served;
+labels score the predictions they answer, then the heads learn them; the drift signals
 take the scores, the labels and a novelty score per ``novelty_batch`` samples.
 """
 
@@ -22,6 +23,7 @@ from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.ingest import Stored
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
+from lifelong.daemon.online import OnlineMembers
 from lifelong.learners.base import Learner
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.rehearsal import RehearsalMemory
@@ -52,6 +54,7 @@ class Watch:
         novelty_batch: int = 256,
         novelty_interval_s: float = 1.0,
         predictions: Publisher | None = None,
+        online: OnlineMembers | None = None,
         on_alarm: Callable[[list[str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -67,6 +70,7 @@ class Watch:
         # A k-NN search per batch would slow ingestion at full rate: at most one score this often.
         self.novelty_interval_s = novelty_interval_s
         self.predictions = predictions
+        self.online = online
         self.on_alarm = on_alarm
         self.clock = clock
         self._novel: list[np.ndarray[Any, Any]] = []
@@ -94,12 +98,13 @@ class Watch:
             inline = [row[3] for row in samples]
             labels += [y for y in inline if y is not None]
             models = self.models()
+            online = self.online is not None and self.online.heads.ready
             novelty = self.memory is not None and self.memory.size > 0
-            if models or novelty:
+            if models or online or novelty:
                 # Novelty alone looks at the newest rows only.
-                rows = samples if models else samples[-self.novelty_batch :]
+                rows = samples if models or online else samples[-self.novelty_batch :]
                 x = rows_matrix([r[1] for r in rows], [r[2] for r in rows], self.features)
-                if models:
+                if models or online:
                     right += self._predict(models, [row[0] for row in samples], x, inline)
                 if novelty:
                     raised += self._novelty(x)
@@ -108,6 +113,9 @@ class Watch:
             ys = [row[1] for row in stored.batch.feedback]
             right += self.live.labeled(ids, ys)
             labels += ys
+        if self.online is not None and labels:
+            self.online.notify()  # its thread takes them in: tested (above), then trained
+            self._members(metrics)
         raised += self.drift.observe_labels(labels) + self.drift.observe_errors(right)
         accuracy = self.live.accuracy
         if accuracy == accuracy:
@@ -125,14 +133,38 @@ class Watch:
         self, models: dict[int, Learner], ids: list[str], x: np.ndarray[Any, Any], labels: list[int | None]
     ) -> list[bool]:
         predictions = {version: model.predict(x) for version, model in models.items()}
+        members = self.online.predict(x) if self.online is not None else {}
+        serving = max(models) if models else None  # the champion: a probation's predecessor is older
+        if serving is not None:
+            self._check_range(serving, models[serving], x)
+            if members:
+                members["network"] = predictions[serving]
+        if members:
+            assert self.online is not None
+            served = self.online.serve(members)
+        elif serving is not None:
+            served = predictions[serving]
+        else:
+            return []
         self.metrics.predictions.inc(len(ids))
-        serving = max(models)  # the champion: a probation's predecessor is always older
-        self._check_range(serving, models[serving], x)
         if self.predictions is not None:
-            for id, label in zip(ids, predictions[serving].tolist(), strict=True):
+            for id, label in zip(ids, served.tolist(), strict=True):
                 body = {"id": id, "version": serving, "y": int(label)}
                 self.predictions.publish(id, json.dumps(body).encode())
-        return self.live.predicted(ids, predictions, labels)
+        return self.live.predicted(
+            ids, predictions, labels, members=members, served=served if members else None
+        )
+
+    def _members(self, metrics: Metrics) -> None:
+        """Each online member's live accuracy and weight in the served vote."""
+        assert self.online is not None
+        names = [*self.online.heads.members, *(["network"] if "network" in self.live.members else [])]
+        metrics.heads_behind.set(self.online.behind())
+        for name, weight in self.online.weights(names).items():
+            metrics.member_weight.labels(member=name).set(weight)
+            accuracy = self.live.member_accuracy(name)
+            if accuracy == accuracy:
+                metrics.member_accuracy.labels(member=name).set(accuracy)
 
     def _check_range(self, version: int, model: Learner, x: np.ndarray[Any, Any]) -> None:
         """Count inputs beyond the range the model was fitted on; say so in the log once a minute."""

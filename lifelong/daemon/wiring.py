@@ -25,6 +25,7 @@ from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.learning import build_updater
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
+from lifelong.daemon.online import OnlineMembers
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.scheduling import Schedule
 from lifelong.daemon.update import Updater
@@ -32,6 +33,8 @@ from lifelong.daemon.watch import Watch
 from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
 from lifelong.learners.base import Learner
+from lifelong.learners.ensemble import Hedge
+from lifelong.learners.heads import Heads
 from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
@@ -220,6 +223,7 @@ def build_daemon(
         max_message_bytes=settings.data.max_message_bytes,
     )
     lock = threading.RLock()  # the store and memory: the consumer writes, update rounds read
+    online: OnlineMembers | None = None  # built below; the feed's retention asks it
     memory = open_memory(settings, store=store)
     closing(stack, "the rehearsal memory", memory.close)
     feed = MemoryFeed(
@@ -227,7 +231,10 @@ def build_daemon(
         memory=memory,
         snapshot_interval_s=settings.memory.snapshot_interval_s,
         batch_rows=settings.memory.follow_batch,
-        retain_after=lambda: updater.cursor if updater is not None else feed.position,
+        retain_after=lambda: min(
+            updater.cursor if updater is not None else feed.position,
+            online.saved if online is not None else feed.position,
+        ),
     )
     updater = (
         build_updater(settings, store=store, memory=memory, feed=feed, lock=lock)
@@ -235,6 +242,9 @@ def build_daemon(
         else None
     )
     monitor = settings.monitor
+    if updater is not None and settings.learner.heads:
+        online = open_online(settings, store=store, lock=lock, updater=updater, metrics=metrics)
+        closing(stack, "the online heads (saving them)", online.close)
     live = LiveAccuracy(window=monitor.window)
     control = schedule = None
     if updater is not None:
@@ -252,6 +262,7 @@ def build_daemon(
         control=control,
         schedule=schedule,
         metrics=metrics,
+        online=online,
         probation=Probation(
             enabled=monitor.auto_rollback,
             margin=monitor.rollback_margin,
@@ -276,12 +287,45 @@ def build_daemon(
         features=settings.data.features,
         novelty_batch=monitor.novelty_batch,
         predictions=predictions,
+        online=online,
         on_alarm=daemon.drift,
     )
     daemon.ingestor.on_stored = watch.observe
     daemon.http = http
     admin.target = daemon
     return daemon
+
+
+def open_online(
+    settings: Settings, *, store: SampleStore, lock: Any, updater: Updater, metrics: Metrics
+) -> OnlineMembers:
+    """The online heads ``[learner] heads`` describe, restored from ``state/heads``, following the store."""
+    learner = settings.learner
+
+    def network() -> tuple[Learner | None, int]:
+        return updater.champion(), updater.cursor
+
+    online = OnlineMembers(
+        heads=Heads(
+            features=settings.data.features,
+            classes=settings.data.max_classes,
+            half_lives=learner.heads,
+            random_features=learner.head_features,
+            scaling=learner.scaling,
+            scaling_range=learner.scaling_range,
+            seed=learner.seed,
+        ),
+        hedge=Hedge(half_life=learner.ensemble_half_life),
+        store=store,
+        lock=lock,
+        held_out=updater.trainer.held_out,
+        directory=Path(settings.state.dir) / "heads",
+        network=network,
+        on_learned=metrics.heads_labels.inc,
+    )
+    online.load()
+    online.start()
+    return online
 
 
 def _start_http(

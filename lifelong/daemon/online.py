@@ -1,0 +1,243 @@
+"""The online members: heads kept level with the store's label events, and the weights that serve them.
+
+A thread of their own follows the sample store's label events: woken after
+each stored batch that brought labels (:meth:`OnlineMembers.notify`), it hands
+the events stored since its last pass to the heads (the gate's held-out samples
+excepted, as for the network), so a label counts in the predictions made from
+then on. Ingestion never waits for it: under a burst the heads fall behind (the
+``lifelong_heads_behind`` gauge) and learn the backlog in large batches. Before they learn them,
+every member (each head, and the network serving) predicts those samples and
+the ensemble's weights are scored on them: test, then train, at the moment the
+label arrives. Scoring the predictions made when the samples arrived would
+judge each member as it was a label delay ago (after a change, the head that
+has already adapted would go unrecognised for that long). The heads' state and the
+Hedge weights are written to ``state/heads/heads.safetensors`` (atomically,
+with the last label event learned) every ``save_every`` labels and at shutdown;
+a restart replays the events after that one, so the heads continue exactly. The
+store keeps the label events after the file's (it trims only what every
+follower has saved). A damaged or mismatched file is set aside and the heads
+are rebuilt from the label events the store holds (they are a function of them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.torch import save
+
+from lifelong.files import write_atomically
+from lifelong.learners.base import Learner
+from lifelong.learners.ensemble import Hedge
+from lifelong.learners.heads import Heads
+from lifelong.memory.reads import rows_matrix
+from lifelong.memory.samples import SampleStore
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+FILE = "heads.safetensors"
+
+
+class OnlineMembers:
+    """Online heads learning every label as it is stored, and the ensemble's weights.
+
+    Example::
+
+        online = OnlineMembers(heads=Heads(features=10, classes=2), hedge=Hedge(), store=store,
+                               lock=lock, held_out=trainer.held_out, directory=state / "heads")
+        online.load()
+        online.start()                    # the follower thread
+        online.notify()                   # after each stored batch with labels
+        online.predict(x)                 # {"lda": ..., "lda_100": ...}
+        online.close()                    # stops the thread, saves
+    """
+
+    def __init__(
+        self,
+        *,
+        heads: Heads,
+        hedge: Hedge,
+        store: SampleStore,
+        lock: AbstractContextManager[Any],
+        held_out: Callable[[str], bool],
+        directory: Path,
+        network: Callable[[], tuple[Learner | None, int]] = lambda: (None, 0),
+        on_learned: Callable[[int], None] | None = None,
+        batch: int = 4096,
+        score_most: int = 1024,
+        save_every: int = 20_000,
+    ) -> None:
+        self.heads = heads
+        self.hedge = hedge
+        self.store = store
+        self.lock = lock
+        self.held_out = held_out
+        self.directory = Path(directory)
+        # The network serving and the last label event it trained on (it is scored on later ones).
+        self.network = network
+        self.on_learned = on_learned  # told how many label events each pass took in
+        self.batch = batch
+        self.score_most = score_most  # members scored on at most this many of each batch (the newest)
+        self.save_every = save_every
+        self.cursor = 0  # the last label event learned
+        self.saved = 0  # ... as of the file on disk (the store keeps the events after it)
+        self._unsaved = 0
+        self._guard = threading.Lock()  # the heads: learning (follower) against predicting (consumer)
+        self._wake = threading.Event()
+        self._wake.set()  # the first pass catches up with what was stored before the start
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_error_log = -float("inf")
+
+    def start(self) -> None:
+        """Follow the store's label events on a thread of its own until :meth:`close`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._follow, name="lifelong-heads", daemon=True)
+            self._thread.start()
+
+    def notify(self) -> None:
+        """New label events are stored: the follower takes them in."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop following (after the pass under way) and save."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.save()
+
+    def behind(self) -> int:
+        """Label events stored that the heads have not taken in yet."""
+        with self.lock:
+            return max(0, self.store.last_label_event() - self.cursor)
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                network, trained_upto = self.network()
+                self.catch_up(network, network_trained_upto=trained_upto)
+            except Exception:  # the heads fall behind; ingestion and serving go on
+                if time.monotonic() - self._last_error_log >= 60.0:
+                    self._last_error_log = time.monotonic()
+                    log.exception("the online heads could not learn the newest labels (retrying)")
+
+    @property
+    def path(self) -> Path:
+        return self.directory / FILE
+
+    def catch_up(self, network: Learner | None = None, *, network_trained_upto: int = 0) -> int:
+        """Score the members on the label events stored since the last call, then learn them.
+
+        ``network``: the network serving, scored on the events after ``network_trained_upto``
+        (the last one it trained on). Returns how many events were read.
+        """
+        read = 0
+        while True:
+            with self.lock:
+                events = self.store.label_events(self.cursor, self.batch)
+            if not events:
+                break
+            kept = [e for e in events if not self.held_out(e[1])]
+            x = rows_matrix([e[3] for e in kept], [e[4] for e in kept], self.heads.features)
+            y = np.asarray([e[2] for e in kept], dtype=np.int64)
+            recent = events[-self.score_most :]  # the weights need recent evidence only
+            self._score(network, recent, [e[0] > network_trained_upto for e in recent])
+            with self._guard:
+                self.heads.learn(x, y)
+                self.cursor = events[-1][0]
+            read += len(events)
+            self._unsaved += len(events)
+            if self.on_learned is not None:
+                self.on_learned(len(events))
+            if len(events) < self.batch:
+                break
+        if self._unsaved >= self.save_every:
+            self.save()
+        return read
+
+    def _score(self, network: Learner | None, events: list[Any], fresh: list[bool]) -> None:
+        x = rows_matrix([e[3] for e in events], [e[4] for e in events], self.heads.features)
+        y = np.asarray([e[2] for e in events], dtype=np.int64)
+        predicted = self.predict(x)
+        if network is not None and any(fresh):
+            keep = np.asarray(fresh)
+            predicted["network"] = np.where(keep, network.predict(x), -1)
+        with self._guard:
+            for name, labels in predicted.items():
+                scored = labels >= 0
+                self.hedge.score(name, labels[scored] == y[scored])
+
+    def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """Each head's prediction of ``x`` (nothing before the heads have learned their first labels)."""
+        with self._guard:
+            return self.heads.predict(x)
+
+    def serve(self, members: dict[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+        """The members' weighted vote (see :class:`~lifelong.learners.ensemble.Hedge`)."""
+        with self._guard:
+            return self.hedge.combine(members, classes=self.heads.classes)
+
+    def weights(self, members: list[str]) -> dict[str, float]:
+        """The members' weights in the vote now."""
+        with self._guard:
+            return self.hedge.weights(members)
+
+    def save(self) -> None:
+        """Write the heads and weights with the last label event learned (atomically)."""
+        with self._guard:
+            tensors, meta = self.heads.checkpoint()
+            cursor = self.cursor
+            header = {"format": FORMAT, "cursor": cursor, "heads": meta, "hedge": self.hedge.state()}
+            data = save(tensors, metadata={"lifelong": json.dumps(header)})
+            self._unsaved = 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, data)
+        self.saved = cursor
+
+    def load(self) -> None:
+        """Continue from the saved file; rebuild from the store's label events when it cannot be used."""
+        if not self.path.exists():
+            return
+        try:
+            with safe_open(str(self.path), framework="pt") as file:
+                saved = json.loads((file.metadata() or {})["lifelong"])
+                tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (not a dict)
+            if int(saved.get("format", 0)) != FORMAT:
+                raise ValueError(f"format {saved.get('format')!r}, this version reads {FORMAT}")
+            if int(saved["cursor"]) > self.store.last_label_event():
+                raise ValueError(
+                    f"it learned up to label event {saved['cursor']}, the sample store holds only "
+                    f"{self.store.last_label_event()} (from another state directory?)"
+                )
+            heads, hedge = self.heads.fresh(), self.hedge.fresh()  # nothing half-restored on failure
+            heads.restore(tensors, saved["heads"])
+            hedge.restore(saved["hedge"])
+        except Exception as error:  # safetensors raises its own error type on a damaged header
+            aside = self.path.with_suffix(".unusable")
+            self.path.replace(aside)
+            log.warning(
+                "the online heads' file %s cannot be used (%s); moved to %s, rebuilding the heads from "
+                "the label events the sample store holds",
+                self.path,
+                error,
+                aside,
+            )
+            return
+        self.heads, self.hedge = heads, hedge
+        self.cursor = self.saved = int(saved["cursor"])
+        log.info("online heads restored at label event %d", self.cursor)

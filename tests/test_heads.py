@@ -1,0 +1,168 @@
+"""Online heads learn each label in closed form and restore exactly; the ensemble trusts the better member."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lifelong.daemon.online import OnlineMembers
+from lifelong.events import Sample
+from lifelong.learners.ensemble import Hedge
+from lifelong.learners.heads import Heads
+from lifelong.memory.samples import IngestBatch, SampleStore
+from tests.streams import stored
+
+FEATURES, CLASSES = 8, 5
+CENTERS = np.random.default_rng(3).normal(0, 3, (CLASSES, FEATURES))
+
+
+def blobs(
+    n: int, seed: int, classes: list[int] | None = None
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    y = rng.choice(classes if classes is not None else CLASSES, n)
+    # Raw units on two columns: the heads scale their inputs as the network does.
+    x = (CENTERS[y] + rng.normal(size=(n, FEATURES))) * np.array([1e4, 1e-3, 1, 1, 1, 1, 1, 1])
+    return x.astype(np.float32), y
+
+
+def accuracy(predicted: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
+    return float((predicted == y).mean())
+
+
+def test_a_new_class_is_predicted_within_fifty_of_its_labels() -> None:
+    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0])
+    x, y = blobs(600, 0, classes=[0, 1, 2])
+    heads.learn(x, y)
+    assert heads.predict(x[:1])["lda"].shape == (1,)
+    new_x, new_y = blobs(200, 1, classes=[3])
+    heads.learn(new_x[:50], new_y[:50])
+    test_x, test_y = blobs(400, 2, classes=[0, 1, 2, 3])
+    predicted = heads.predict(test_x)["lda"]
+    assert accuracy(predicted[test_y == 3], test_y[test_y == 3]) >= 0.9
+    assert accuracy(predicted, test_y) >= 0.9  # and the old classes are not forgotten
+    assert not heads.fresh().ready  # nothing is served before the first labels
+
+
+def test_a_decaying_head_follows_a_concept_change_the_unforgetting_one_does_not() -> None:
+    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 100])
+    x, y = blobs(3000, 4)
+    heads.learn(x, y)
+    later_x, later_y = blobs(600, 5)
+    for start in range(0, 600, 50):
+        # Every region now means the next class.
+        heads.learn(later_x[start : start + 50], (later_y[start : start + 50] + 1) % CLASSES)
+    test_x, test_y = blobs(500, 6)
+    predicted = heads.predict(test_x)
+    assert accuracy(predicted["lda_100"], (test_y + 1) % CLASSES) >= 0.9
+    assert accuracy(predicted["lda"], (test_y + 1) % CLASSES) < 0.5
+
+
+def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
+    first = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 100], random_features=64)
+    x, y = blobs(700, 7)
+    first.learn(x[:20], y[:20])  # still warming up: the buffered samples are saved too
+    tensors, meta = first.checkpoint()
+    second = first.fresh()
+    second.restore(tensors, meta)
+    for start in range(20, 700, 97):
+        first.learn(x[start : start + 97], y[start : start + 97])
+        second.learn(x[start : start + 97], y[start : start + 97])
+    test_x, _ = blobs(300, 8)
+    for name, labels in first.predict(test_x).items():
+        np.testing.assert_array_equal(labels, second.predict(test_x)[name])
+    final, _ = first.checkpoint()
+    for key, tensor in second.checkpoint()[0].items():
+        assert torch.equal(tensor, final[key]), key
+    other = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 50], random_features=64)
+    with pytest.raises(ValueError, match="half_lives"):
+        other.restore(*first.checkpoint())
+    with pytest.raises(ValueError, match="format"):
+        second.restore(tensors, meta | {"format": 99})
+
+
+def test_labels_outside_the_classes_are_refused() -> None:
+    heads = Heads(features=FEATURES, classes=CLASSES)
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        heads.learn(np.zeros((2, FEATURES), np.float32), np.array([0, 7]))
+
+
+def test_the_ensemble_trusts_the_member_that_is_right_lately() -> None:
+    hedge = Hedge(half_life=50)
+    a, b = np.array([0, 1, 2, 0]), np.array([1, 1, 0, 0])
+    assert hedge.weights(["a", "b"]) == {"a": 0.5, "b": 0.5}  # nothing scored: even
+    for k in range(100):
+        hedge.score("a", k % 10 != 0)  # right 90% of the time
+        hedge.score("b", k % 2 == 0)  # 50%
+    np.testing.assert_array_equal(hedge.combine({"a": a, "b": b}, classes=3), a)
+    # A member that has only just joined is not trusted over one with a record.
+    hedge.score("new", True)
+    assert hedge.weights(["a", "new"])["a"] > 0.9
+    # Later b is right and a is wrong: the weights turn within a few half-lives.
+    for _ in range(150):
+        hedge.score("a", False)
+        hedge.score("b", True)
+    np.testing.assert_array_equal(hedge.combine({"a": a, "b": b}, classes=3), b)
+    restored = hedge.fresh()
+    restored.restore(hedge.state())
+    assert restored.weights(["a", "b", "new"]) == hedge.weights(["a", "b", "new"])
+    with pytest.raises(ValueError, match="format"):
+        restored.restore(hedge.state() | {"format": 0})
+
+
+def fill(store: SampleStore, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], start: int) -> None:
+    batch = IngestBatch()
+    for i, (row, label) in enumerate(zip(x, y, strict=True)):
+        batch.samples.append(stored(Sample(f"s{start + i}", row, int(label)), "s", 0, start + i, 1000))
+    batch.positions[("s", 0)] = start + len(x)
+    store.apply(batch)
+
+
+def online_at(store: SampleStore, directory: Path) -> OnlineMembers:
+    return OnlineMembers(
+        heads=Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 100], random_features=32),
+        hedge=Hedge(),
+        store=store,
+        lock=threading.RLock(),
+        held_out=lambda id: id.endswith("7"),
+        directory=directory,
+        batch=128,
+    )
+
+
+def test_the_daemons_heads_follow_the_store_and_restart_exactly(tmp_path: Path) -> None:
+    x, y = blobs(900, 9)
+    test_x, _ = blobs(200, 10)
+    with SampleStore.open(tmp_path / "store") as store:
+        fill(store, x[:500], y[:500], 0)
+        online = online_at(store, tmp_path / "heads")
+        assert online.catch_up() == 500
+        assert online.heads.learned == 450  # the gate's held-out samples are not learned
+        online.save()
+        fill(store, x[500:], y[500:], 500)
+        online.catch_up()
+        expected = online.predict(test_x)
+        weights = online.hedge.weights(["lda", "lda_100"])
+
+        restarted = online_at(store, tmp_path / "heads")
+        restarted.load()  # the state saved at event 500; the events after it are replayed
+        assert restarted.cursor == 500
+        restarted.catch_up()
+        for name, labels in expected.items():
+            np.testing.assert_array_equal(restarted.predict(test_x)[name], labels)
+        assert restarted.hedge.weights(["lda", "lda_100"]) == pytest.approx(weights)
+
+        # A damaged file is set aside and the heads are rebuilt from the store's label events.
+        (tmp_path / "heads" / "heads.safetensors").write_bytes(b"\x00" * 64)
+        rebuilt = online_at(store, tmp_path / "heads")
+        rebuilt.load()
+        assert rebuilt.cursor == 0 and (tmp_path / "heads" / "heads.unusable").exists()
+        rebuilt.catch_up()
+        # The same labels in the same order; batches cut elsewhere scale a few rows differently.
+        for name, labels in expected.items():
+            assert accuracy(rebuilt.predict(test_x)[name], labels) >= 0.98
