@@ -4,16 +4,21 @@
 
 The stream arrives task by task in rounds of ``--round`` samples, each sample
 seen once as it arrives. ``lifelong`` runs exactly what the daemon runs: the
-rehearsal memory takes each round's samples, a candidate trains from the
+online heads are scored on each label and then learn it (in batches of 100),
+the rehearsal memory takes each round's samples, a candidate trains from the
 champion on them with replay from the memory and the configured plugins, and
-the evaluation gate promotes it or not. The baselines run the same model,
-optimizer, rounds and batches: ``naive`` (no replay, no plugins), Avalanche's
-own ``Replay`` strategy with a class-balanced buffer of the same size, and
-``joint`` (every task's data shuffled into one i.i.d. stream: the upper bound).
+the evaluation gate promotes it or not; what is evaluated is what the daemon
+serves, the members' weighted vote (each member's own accuracy is reported too).
+The baselines run the same model, optimizer, rounds and batches: ``naive`` (no
+replay, no plugins), Avalanche's own strategies with a memory of the same size
+(``Replay`` with a class-balanced buffer, ``ER_ACE``, ``DER``, ``GDumb``),
+``lda_rff`` (the forgetting-free baseline: streaming LDA on 2,048 random
+Fourier features of the inputs, each sample once) and ``joint`` (every task's
+data shuffled into one i.i.d. stream: the upper bound).
 
 ``permuted-fashion-mnist`` uses 20,000 training images per permutation unless
 ``--per-task`` says otherwise. Accuracies are fractions; ``accuracy_matrix[i][j]`` is the accuracy on task j's
-test set after task i, from the serving (champion) model. A PNG heat map of it
+test set after task i, of what is served. A PNG heat map of it
 is written to ``--plot``.
 """
 
@@ -37,6 +42,8 @@ from lifelong.config import LearnerSettings, ScheduleSettings
 from lifelong.daemon.learning import build_gate
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import Labeled, Learner, as_inputs
+from lifelong.learners.ensemble import Hedge
+from lifelong.learners.heads import Heads
 from lifelong.learners.models import build_model
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.rehearsal import RehearsalMemory
@@ -52,6 +59,34 @@ def learner(settings: LearnerSettings, sc: Scenario, **overrides: Any) -> Avalan
 
 def evaluate(model: Learner, sc: Scenario) -> list[float]:
     return [float((model.predict(t.test_x) == t.test_y).mean()) for t in sc.tasks]
+
+
+def build_heads(settings: LearnerSettings, sc: Scenario, **overrides: Any) -> Heads:
+    """The daemon's online heads as ``settings`` describe them."""
+    options: dict[str, Any] = {
+        "half_lives": settings.heads,
+        "random_features": settings.head_features,
+        "scaling": settings.scaling,
+        "scaling_range": settings.scaling_range,
+        "seed": settings.seed,
+    }
+    return Heads(features=sc.features, classes=sc.classes, **(options | overrides))
+
+
+def evaluate_members(
+    sc: Scenario, heads: Heads, hedge: Hedge, network: Learner | None
+) -> dict[str, list[float]]:
+    """Each member's accuracy per task's test set, and the served vote's (``served``)."""
+    out: dict[str, list[float]] = collections.defaultdict(list)
+    for task in sc.tasks:
+        members = heads.predict(task.test_x)
+        if network is not None:
+            members["network"] = network.predict(task.test_x)
+        for name, labels in members.items():
+            out[name].append(float((labels == task.test_y).mean()))
+        served = hedge.combine(members, classes=sc.classes)
+        out["served"].append(float((served == task.test_y).mean()))
+    return dict(out)
 
 
 def chunks(task: Any, size: int) -> list[Labeled]:
@@ -74,6 +109,8 @@ def run_lifelong(
         maxlen=settings.recent
     )
     matrix, decisions = [], collections.Counter()
+    heads, hedge = build_heads(settings, sc), Hedge(half_life=settings.ensemble_half_life)
+    members: dict[str, list[list[float]]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory() as directory:
         memory = RehearsalMemory(
             Path(directory), features=sc.features, capacity=memory_size, policy="class_balanced", dtype=dtype
@@ -81,6 +118,15 @@ def run_lifelong(
         waiting: list[Labeled] = []  # the labels of rounds the gate could not judge yet (deferred)
         for task in sc.tasks:
             for chunk in chunks(task, round_size):
+                # As the daemon's heads follow the labels: each member is scored on them, then the
+                # heads learn them (the gate's held-out samples apart), then a round may run.
+                for part in chunks(chunk, 100):
+                    predicted = heads.predict(part.x)
+                    if trainer.champion is not None:
+                        predicted["network"] = trainer.champion.predict(part.x)
+                    hedge.score_predictions(predicted, part.y)
+                    train, _ = trainer.split(part)
+                    heads.learn(train.x, train.y)
                 memory.add(chunk.ids, chunk.x, chunk.y)
                 new = _joined([*waiting, chunk])
                 _, held = trainer.split(chunk)
@@ -100,10 +146,23 @@ def run_lifelong(
                 decisions["promoted" if result.verdict.promote else "rejected"] += 1
                 if result.verdict.promote:
                     trainer.promote(result.candidate)
-            assert trainer.champion is not None
-            matrix.append(evaluate(trainer.champion, sc))
+            for name, row in evaluate_members(sc, heads, hedge, trainer.champion).items():
+                members[name].append(row)
+            matrix.append(members["served"][-1])
         memory.close()
-    return {"matrix": matrix, "versions": dict(decisions)}
+    weights = hedge.weights([*heads.members, "network"])
+    return {"matrix": matrix, "versions": dict(decisions), "members": dict(members), "weights": weights}
+
+
+def run_lda_rff(sc: Scenario, settings: LearnerSettings, round_size: int) -> dict[str, Any]:
+    """The forgetting-free baseline: streaming LDA on 2,048 random Fourier features, every sample once."""
+    heads = build_heads(settings, sc, half_lives=[0], random_features=2048)
+    matrix = []
+    for task in sc.tasks:
+        for new in chunks(task, round_size):
+            heads.learn(new.x, new.y)
+        matrix.append([float((heads.predict(t.test_x)["lda"] == t.test_y).mean()) for t in sc.tasks])
+    return {"matrix": matrix}
 
 
 def _joined(parts: list[Labeled]) -> Labeled:
@@ -147,47 +206,58 @@ def run_joint(sc: Scenario, settings: LearnerSettings, round_size: int) -> dict[
     return {"matrix": [final]}
 
 
-def run_avalanche_replay(
-    sc: Scenario, settings: LearnerSettings, memory_size: int, round_size: int
+AVALANCHE = ("avalanche_replay", "avalanche_er_ace", "avalanche_der", "avalanche_gdumb")
+
+
+def run_avalanche(
+    name: str, sc: Scenario, settings: LearnerSettings, memory_size: int, round_size: int
 ) -> dict[str, Any]:
+    """One of Avalanche's own strategies (:data:`AVALANCHE`) with the same model, optimizer and batches."""
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 
     # Avalanche builds its own tensor datasets with this (icarl.py, ctrl.py) and exports it.
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
-    from avalanche.training import Naive
+    from avalanche.training import DER, ER_ACE, GDumb, Naive
     from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ClassBalancedBuffer
 
-    # The same model, optimizer and batches, through Avalanche's stock strategy.
     shell = learner(settings, sc, plugins={}, loss="cross_entropy")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
         evaluator = EvaluationPlugin()
-    # Avalanche's Replay strategy is Naive + ReplayPlugin; built so, its buffer can be class-balanced.
-    replay = ReplayPlugin(
-        mem_size=memory_size,
-        batch_size_mem=settings.replay_batch_size,
-        storage_policy=ClassBalancedBuffer(max_size=memory_size, adaptive_size=True),
-    )
-    strategy = Naive(
-        model=shell.model,
-        optimizer=shell._optimizer,
-        criterion=torch.nn.CrossEntropyLoss(),
-        train_mb_size=settings.batch_size,
-        train_epochs=settings.epochs,
-        eval_mb_size=256,
-        device=shell.device,
-        plugins=[replay],
-        evaluator=evaluator,
-        eval_every=-1,
-    )
-    matrix, count = [], 0
+    common: dict[str, Any] = {
+        "model": shell.model,
+        "optimizer": shell._optimizer,
+        "criterion": torch.nn.CrossEntropyLoss(),
+        "train_mb_size": settings.batch_size,
+        "train_epochs": settings.epochs,
+        "eval_mb_size": 256,
+        "device": shell.device,
+        "evaluator": evaluator,
+        "eval_every": -1,
+    }
+    if name == "avalanche_replay":
+        # Avalanche's Replay strategy is Naive + ReplayPlugin; built so, its buffer can be class-balanced.
+        replay = ReplayPlugin(
+            mem_size=memory_size,
+            batch_size_mem=settings.replay_batch_size,
+            storage_policy=ClassBalancedBuffer(max_size=memory_size, adaptive_size=True),
+        )
+        strategy = Naive(plugins=[replay], **common)
+    elif name == "avalanche_er_ace":
+        strategy = ER_ACE(mem_size=memory_size, batch_size_mem=settings.replay_batch_size, **common)
+    elif name == "avalanche_der":
+        strategy = DER(mem_size=memory_size, batch_size_mem=settings.replay_batch_size, **common)
+    elif name == "avalanche_gdumb":
+        strategy = GDumb(mem_size=memory_size, **common)
+    else:
+        raise ValueError(f"no Avalanche strategy {name!r}; choose from {AVALANCHE}")
+    matrix = []
     for task in sc.tasks:
         for new in chunks(task, round_size):
             shell._seen[torch.from_numpy(new.y)] = True
             data = tensor_dataset(as_inputs(new.x), torch.from_numpy(new.y), task_labels=0)
             strategy.train(benchmark_from_datasets(train=[data]).train_stream[0])
-            count += 1
         matrix.append(evaluate(shell, sc))
     return {"matrix": matrix}
 
@@ -235,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="at most this many training samples per task (default: all; 20,000 for permuted-fashion-mnist)",
     )
-    parser.add_argument("--baselines", default="naive,avalanche_replay,joint")
+    parser.add_argument(
+        "--baselines",
+        default="naive,avalanche_replay,avalanche_er_ace,avalanche_der,avalanche_gdumb,lda_rff,joint",
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=JSON", help="override a [learner] key"
     )
@@ -261,10 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(settings.seed)
         if name == "naive":
             runs[name] = run_naive(sc, settings, round_size)
-        elif name == "avalanche_replay":
-            runs[name] = run_avalanche_replay(sc, settings, args.memory, round_size)
+        elif name in AVALANCHE:
+            runs[name] = run_avalanche(name, sc, settings, args.memory, round_size)
         elif name == "joint":
             runs[name] = run_joint(sc, settings, round_size)
+        elif name == "lda_rff":
+            runs[name] = run_lda_rff(sc, settings, round_size)
         else:
             parser.error(f"unknown baseline {name!r}")
         seconds[name] = time.perf_counter() - started
@@ -279,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         "avg_forgetting": forgetting(ours["matrix"]),
         "accuracy_matrix": ours["matrix"],
         "versions": ours["versions"],
+        # Each member's final average accuracy, and its weight in the vote at the end of the stream.
+        "members": {name: float(np.mean(rows[-1])) for name, rows in ours["members"].items()},
+        "member_forgetting": {name: forgetting(rows) for name, rows in ours["members"].items()},
+        "member_weights": ours["weights"],
         "baselines": baselines,
         "baseline_forgetting": {n: forgetting(r["matrix"]) for n, r in runs.items() if n != "joint"},
         "ratio_to_joint": final / baselines["joint"] if baselines.get("joint") else None,

@@ -3,9 +3,10 @@
 * ``split-digits``: scikit-learn's bundled 8x8 digits, five tasks of two classes (fast, for tests).
 * ``split-fashion-mnist``: Fashion-MNIST (Debian's ``dataset-fashion-mnist``), five tasks of two classes.
 * ``permuted-fashion-mnist``: Fashion-MNIST under ten fixed pixel permutations, all ten classes in each.
+* ``rotated-fashion-mnist``: Fashion-MNIST rotated by ten fixed angles (0, 18, ..., 162 degrees).
 
 Split streams are class-incremental (one output layer, every class seen so far
-competes); permuted streams are domain-incremental.
+competes); permuted and rotated streams are domain-incremental.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 from lifelong.errors import LifelongError
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-SCENARIOS = ("split-digits", "split-fashion-mnist", "permuted-fashion-mnist")
+SCENARIOS = ("split-digits", "split-fashion-mnist", "permuted-fashion-mnist", "rotated-fashion-mnist")
 # Ten permutations of all 60,000 images are 600,000 samples per pass; 20,000 per permutation keep
 # the benchmark (and its joint-training upper bound) to minutes on a CPU.
-PER_TASK = {"permuted-fashion-mnist": 20_000}
+PER_TASK = {"permuted-fashion-mnist": 20_000, "rotated-fashion-mnist": 20_000}
 
 
 class DatasetMissingError(LifelongError, FileNotFoundError):
@@ -125,6 +126,33 @@ def permuted(name: str, data: Arrays, *, tasks: int, per_task: int | None, seed:
     return out
 
 
+def rotated(name: str, data: Arrays, *, tasks: int, per_task: int | None, seed: int) -> list[Task]:
+    """Domain-incremental: task k rotates every image by ``k * 180 / tasks`` degrees (bilinear)."""
+    import torch
+    from torchvision.transforms.functional import InterpolationMode, rotate  # type: ignore[import-untyped]
+
+    x, y, tx, ty = data
+    side = int(np.sqrt(x.shape[1]))
+    rng = np.random.default_rng(seed)
+
+    def turned(images: np.ndarray[Any, Any], angle: float) -> np.ndarray[Any, Any]:
+        batch = torch.from_numpy(np.ascontiguousarray(images)).view(-1, 1, side, side)
+        out: torch.Tensor = rotate(batch, angle, interpolation=InterpolationMode.BILINEAR)
+        turned_images: np.ndarray[Any, Any] = out.reshape(len(images), -1).numpy()
+        return turned_images
+
+    out = []
+    for number in range(tasks):
+        angle = number * 180.0 / tasks
+        rows = rng.permutation(len(y))[:per_task]
+        out.append(
+            Task(
+                [f"{name}-{number}-{r}" for r in rows], turned(x[rows], angle), y[rows], turned(tx, angle), ty
+            )
+        )
+    return out
+
+
 def scenario(name: str, *, per_task: int | None = None, seed: int = 0) -> Scenario:
     """The stream ``name`` (one of :data:`SCENARIOS`), at most ``per_task`` training samples per task."""
     per_task = per_task or PER_TASK.get(name)
@@ -137,4 +165,7 @@ def scenario(name: str, *, per_task: int | None = None, seed: int = 0) -> Scenar
     if name == "permuted-fashion-mnist":
         data = fashion_mnist()
         return Scenario(name, 784, 10, "mlp", permuted(name, data, tasks=10, per_task=per_task, seed=seed))
+    if name == "rotated-fashion-mnist":
+        data = fashion_mnist()
+        return Scenario(name, 784, 10, "mlp", rotated(name, data, tasks=10, per_task=per_task, seed=seed))
     raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")

@@ -160,7 +160,7 @@ class LearnerSettings(_Section):
     # [] serves the network alone.
     heads: list[int] = [0, 100, 1000]
     # Random Fourier features the heads read beside the scaled inputs (0: the inputs alone, linear).
-    head_features: int = Field(512, ge=0, le=8192)
+    head_features: int = Field(256, ge=0, le=8192)
     # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
     ensemble_half_life: float = Field(200.0, gt=0)
 

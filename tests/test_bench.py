@@ -43,7 +43,18 @@ def test_learning_bench_on_split_digits(tmp_path: Path) -> None:
         "accuracy_matrix",
         "baselines",
     } <= set(result)
-    assert set(result["baselines"]) == {"naive", "avalanche_replay", "joint"}
+    assert set(result["baselines"]) == {
+        "naive",
+        "avalanche_replay",
+        "avalanche_er_ace",
+        "avalanche_der",
+        "avalanche_gdumb",
+        "lda_rff",
+        "joint",
+    }
+    # What is served is the members' vote; each member is reported, the forgetting-free head too.
+    assert {"served", "network", "lda", "lda_100", "lda_1000"} <= set(result["members"])
+    assert result["members"]["served"] == result["final_avg_accuracy"]
     matrix = result["accuracy_matrix"]
     assert len(matrix) == 5 and all(len(row) == 5 for row in matrix)
     assert all(0.0 <= a <= 1.0 for row in matrix for a in row)

@@ -141,10 +141,13 @@ def test_the_daemons_heads_follow_the_store_and_restart_exactly(tmp_path: Path) 
     with SampleStore.open(tmp_path / "store") as store:
         fill(store, x[:500], y[:500], 0)
         online = online_at(store, tmp_path / "heads")
+        assert online.catch_up() == 0  # no sample predicted yet: its label waits (test, then train)
+        online.observed(store.last_label_event())
         assert online.catch_up() == 500
         assert online.heads.learned == 450  # the gate's held-out samples are not learned
         online.save()
         fill(store, x[500:], y[500:], 500)
+        online.observed(store.last_label_event())
         online.catch_up()
         expected = online.predict(test_x)
         weights = online.hedge.weights(["lda", "lda_100"])
@@ -152,6 +155,7 @@ def test_the_daemons_heads_follow_the_store_and_restart_exactly(tmp_path: Path) 
         restarted = online_at(store, tmp_path / "heads")
         restarted.load()  # the state saved at event 500; the events after it are replayed
         assert restarted.cursor == 500
+        restarted.observed(store.last_label_event())
         restarted.catch_up()
         for name, labels in expected.items():
             np.testing.assert_array_equal(restarted.predict(test_x)[name], labels)
@@ -162,6 +166,7 @@ def test_the_daemons_heads_follow_the_store_and_restart_exactly(tmp_path: Path) 
         rebuilt = online_at(store, tmp_path / "heads")
         rebuilt.load()
         assert rebuilt.cursor == 0 and (tmp_path / "heads" / "heads.unusable").exists()
+        rebuilt.observed(store.last_label_event())
         rebuilt.catch_up()
         # The same labels in the same order; batches cut elsewhere scale a few rows differently.
         for name, labels in expected.items():

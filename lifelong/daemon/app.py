@@ -284,13 +284,16 @@ class Daemon:
             raise self.control.fatal
 
     def _follow(self, *, idle: bool) -> None:
-        """Let the memory catch up: a round when idle, else at most every ``feed_interval_s``."""
-        if self.feed is None or not (idle or self.clock() - self._last_feed >= self.feed_interval_s):
+        """Let the memory and the heads catch up: when idle, else at most every ``feed_interval_s``."""
+        if not (idle or self.clock() - self._last_feed >= self.feed_interval_s):
             return
         self._last_feed = self.clock()
-        with self.lock:
-            self.feed.step()
-            self.feed.maybe_snapshot()
+        if self.online is not None:
+            self.online.notify()  # it learns on its own thread
+        if self.feed is not None:
+            with self.lock:
+                self.feed.step()
+                self.feed.maybe_snapshot()
 
     def _tick(self) -> None:
         """Once per loop: heartbeat, gauges, the probation check, a drift-triggered round."""

@@ -23,6 +23,9 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 SERVED = "served"  # the key of the served prediction in a sample's row (members are named, versions numbered)
 
@@ -143,61 +146,78 @@ class LiveAccuracy:
         ``served``: what was served when it was not a version's own prediction (an ensemble).
         Returns the served predictions' scores (True: right), for the drift detector.
         """
-        columns: dict[int | str, list[int]] = {version: list(p) for version, p in predictions.items()}
-        columns.update((name, list(p)) for name, p in (members or {}).items())
+        columns: dict[int | str, np.ndarray[Any, Any]] = {
+            version: np.asarray(list(p), dtype=np.int64) for version, p in predictions.items()
+        }
+        columns.update((name, np.asarray(list(p), dtype=np.int64)) for name, p in (members or {}).items())
         if served is not None:
-            columns[SERVED] = list(served)
-        scores: list[bool] = []
+            columns[SERVED] = np.asarray(list(served), dtype=np.int64)
+        known: list[int] = []  # rows whose label is here already (inline, or feedback that came first)
+        known_labels: list[int] = []
         for i, id in enumerate(ids):
-            row = {key: int(column[i]) for key, column in columns.items()}
             label = labels[i] if labels[i] is not None else self._early.pop(id, None)
             if label is None:
-                self._pending[id] = row
+                self._pending[id] = {key: int(column[i]) for key, column in columns.items()}
                 self._pending.move_to_end(id)
             else:
                 self._pending.pop(id, None)
-                self._score(row, label, scores)
+                known.append(i)
+                known_labels.append(label)
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.dropped += 1
+        scores: list[bool] = []
+        if known:
+            rows = np.asarray(known)
+            self._score({key: column[rows] for key, column in columns.items()}, known_labels, scores)
         return scores
 
     def labeled(self, ids: list[str], labels: list[int]) -> list[bool]:
         """Score the predictions these feedback labels answer; keep the others' labels for their samples."""
-        scores: list[bool] = []
+        # Rows predicted by the same versions and members are scored together (in label order).
+        groups: dict[tuple[int | str, ...], tuple[list[dict[int | str, int]], list[int]]] = {}
         for id, label in zip(ids, labels, strict=True):
             row = self._pending.pop(id, None)
             if row is not None:
-                self._score(row, label, scores)
+                rows, answers = groups.setdefault(tuple(row), ([], []))
+                rows.append(row)
+                answers.append(label)
             elif id not in self._early:
                 self._early[id] = label
         while len(self._early) > self.max_pending:
             self._early.popitem(last=False)
+        scores: list[bool] = []
+        for keys, (rows, answers) in groups.items():
+            columns = {key: np.fromiter((row[key] for row in rows), np.int64, len(rows)) for key in keys}
+            self._score(columns, answers, scores)
         return scores
 
-    def _score(self, row: dict[int | str, int], label: int, scores: list[bool]) -> None:
-        """Count the served prediction (one an earlier champion served alone counts for nobody)."""
+    def _score(
+        self, columns: Mapping[int | str, np.ndarray[Any, Any]], labels: list[int], scores: list[bool]
+    ) -> None:
+        """Count the served predictions (ones an earlier champion served alone count for nobody)."""
+        y = np.asarray(labels, dtype=np.int64)
         champion = self._champion
-        main = SERVED if SERVED in row else champion
-        if main is not None and main in row:
-            right = row[main] == label
-            self._scores.append(right)
-            scores.append(right)
-        for key, predicted in row.items():
+        main = SERVED if SERVED in columns else champion
+        if main is not None and main in columns:
+            right = (columns[main] == y).tolist()
+            self._scores.extend(right)
+            scores.extend(right)
+        for key, predicted in columns.items():
             if isinstance(key, str) and key != SERVED:
-                right = predicted == label
-                self.members.setdefault(key, deque(maxlen=self.window)).append(right)
+                hits = predicted == y
+                self.members.setdefault(key, deque(maxlen=self.window)).extend(hits.tolist())
                 totals = self.member_totals.setdefault(key, [0, 0])
-                totals[0] += right
-                totals[1] += 1
+                totals[0] += int(hits.sum())
+                totals[1] += len(hits)
         probation = self.probation
-        if probation is not None and probation.version in row and probation.predecessor in row:
-            new, old = row[probation.version] == label, row[probation.predecessor] == label
-            probation.labels += 1
-            probation.right += new
-            probation.predecessor_right += old
-            probation.gained += new and not old
-            probation.lost += old and not new
+        if probation is not None and probation.version in columns and probation.predecessor in columns:
+            new, old = columns[probation.version] == y, columns[probation.predecessor] == y
+            probation.labels += len(y)
+            probation.right += int(new.sum())
+            probation.predecessor_right += int(old.sum())
+            probation.gained += int((new & ~old).sum())
+            probation.lost += int((old & ~new).sum())
 
     def judge(
         self, probation: Probation | None, *, margin: float, min_labels: int, window: int, z: float = 2.0

@@ -1,11 +1,15 @@
 """The online members: heads kept level with the store's label events, and the weights that serve them.
 
-A thread of their own follows the sample store's label events: woken after
-each stored batch that brought labels (:meth:`OnlineMembers.notify`), it hands
-the events stored since its last pass to the heads (the gate's held-out samples
-excepted, as for the network), so a label counts in the predictions made from
-then on. Ingestion never waits for it: under a burst the heads fall behind (the
-``lifelong_heads_behind`` gauge) and learn the backlog in large batches. Before they learn them,
+A thread of their own follows the sample store's label events as the memory
+does: woken (:meth:`OnlineMembers.notify`) when ingestion is idle, and at most
+every ``follow_interval_s`` while it is busy, it hands the events stored since
+its last pass to the heads (the gate's held-out samples excepted, as for the
+network), so a label counts in the predictions made from then on. It takes only
+events whose samples have been predicted already (:meth:`OnlineMembers.observed`):
+test, then train. Ingestion never waits for it, and it runs at a lower CPU
+priority (nice 10, on Linux): under a burst the heads fall behind (the
+``lifelong_heads_behind`` gauge) and learn the backlog in large batches when
+the CPU is free. Before they learn them,
 every member (each head, and the network serving) predicts those samples and
 the ensemble's weights are scored on them: test, then train, at the moment the
 label arrives. Scoring the predictions made when the samples arrived would
@@ -21,8 +25,10 @@ are rebuilt from the label events the store holds (they are a function of them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +43,7 @@ from safetensors.torch import save
 from lifelong.files import write_atomically
 from lifelong.learners.base import Learner
 from lifelong.learners.ensemble import Hedge
-from lifelong.learners.heads import Heads
+from lifelong.learners.heads import Heads, Predictor
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.samples import SampleStore
 
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 FILE = "heads.safetensors"
+NICE = 19  # the follower thread's niceness: under load it gets what ingestion leaves
 
 
 class OnlineMembers:
@@ -91,7 +98,9 @@ class OnlineMembers:
         self.cursor = 0  # the last label event learned
         self.saved = 0  # ... as of the file on disk (the store keeps the events after it)
         self._unsaved = 0
-        self._guard = threading.Lock()  # the heads: learning (follower) against predicting (consumer)
+        self._guard = threading.Lock()  # the heads and weights: learning (follower) against saving, voting
+        self._predictor: Predictor | None = None  # what serving predicts with: replaced after each pass
+        self._observed = 0  # the last label event whose sample has been predicted
         self._wake = threading.Event()
         self._wake.set()  # the first pass catches up with what was stored before the start
         self._stop = threading.Event()
@@ -108,6 +117,10 @@ class OnlineMembers:
         """New label events are stored: the follower takes them in."""
         self._wake.set()
 
+    def observed(self, upto: int) -> None:
+        """The samples of label events up to ``upto`` have been predicted: the heads may learn them."""
+        self._observed = max(self._observed, upto)
+
     def close(self) -> None:
         """Stop following (after the pass under way) and save."""
         self._stop.set()
@@ -123,6 +136,10 @@ class OnlineMembers:
             return max(0, self.store.last_label_event() - self.cursor)
 
     def _follow(self) -> None:
+        # Learn with the CPU ingestion leaves: the threads torch starts from this one inherit it.
+        # (Not Linux, or not allowed: the same priority as the rest.)
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
@@ -137,19 +154,25 @@ class OnlineMembers:
                     log.exception("the online heads could not learn the newest labels (retrying)")
 
     @property
+    def ready(self) -> bool:
+        """Whether the heads predict (they have learned their first labels)."""
+        return self._predictor is not None
+
+    @property
     def path(self) -> Path:
         return self.directory / FILE
 
     def catch_up(self, network: Learner | None = None, *, network_trained_upto: int = 0) -> int:
-        """Score the members on the label events stored since the last call, then learn them.
+        """Score the members on the label events observed since the last call, then learn them.
 
         ``network``: the network serving, scored on the events after ``network_trained_upto``
         (the last one it trained on). Returns how many events were read.
         """
         read = 0
-        while True:
+        while self.cursor < self._observed:
             with self.lock:
-                events = self.store.label_events(self.cursor, self.batch)
+                events = self.store.label_events(self.cursor, min(self.batch, self._observed - self.cursor))
+            events = [e for e in events if e[0] <= self._observed]
             if not events:
                 break
             kept = [e for e in events if not self.held_out(e[1])]
@@ -160,12 +183,12 @@ class OnlineMembers:
             with self._guard:
                 self.heads.learn(x, y)
                 self.cursor = events[-1][0]
+            self._predictor = self.heads.predictor()
             read += len(events)
             self._unsaved += len(events)
             if self.on_learned is not None:
                 self.on_learned(len(events))
-            if len(events) < self.batch:
-                break
+
         if self._unsaved >= self.save_every:
             self.save()
         return read
@@ -178,14 +201,12 @@ class OnlineMembers:
             keep = np.asarray(fresh)
             predicted["network"] = np.where(keep, network.predict(x), -1)
         with self._guard:
-            for name, labels in predicted.items():
-                scored = labels >= 0
-                self.hedge.score(name, labels[scored] == y[scored])
+            self.hedge.score_predictions(predicted, y)
 
     def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
         """Each head's prediction of ``x`` (nothing before the heads have learned their first labels)."""
-        with self._guard:
-            return self.heads.predict(x)
+        predictor = self._predictor
+        return predictor.predict(x) if predictor is not None and len(x) else {}
 
     def serve(self, members: dict[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
         """The members' weighted vote (see :class:`~lifelong.learners.ensemble.Hedge`)."""
@@ -240,4 +261,5 @@ class OnlineMembers:
             return
         self.heads, self.hedge = heads, hedge
         self.cursor = self.saved = int(saved["cursor"])
+        self._predictor = heads.predictor()
         log.info("online heads restored at label event %d", self.cursor)

@@ -78,6 +78,7 @@ class Watch:
         self._last_novelty = -float("inf")
         self._outside = 0  # out-of-range samples not yet reported in the log
         self._last_outside_log = -float("inf")
+        self._last_members = -float("inf")
 
     def observe(self, stored: Stored) -> None:
         """Everything one stored batch tells: counts, predictions, scores, drift."""
@@ -98,7 +99,7 @@ class Watch:
             inline = [row[3] for row in samples]
             labels += [y for y in inline if y is not None]
             models = self.models()
-            online = self.online is not None and self.online.heads.ready
+            online = self.online is not None and self.online.ready
             novelty = self.memory is not None and self.memory.size > 0
             if models or online or novelty:
                 # Novelty alone looks at the newest rows only.
@@ -114,8 +115,11 @@ class Watch:
             right += self.live.labeled(ids, ys)
             labels += ys
         if self.online is not None and labels:
-            self.online.notify()  # its thread takes them in: tested (above), then trained
-            self._members(metrics)
+            with self.lock:  # these samples are predicted (above): the heads may learn their labels
+                self.online.observed(self.online.store.last_label_event())
+            if self.clock() - self._last_members >= 1.0:
+                self._last_members = self.clock()
+                self._members(metrics)
         raised += self.drift.observe_labels(labels) + self.drift.observe_errors(right)
         accuracy = self.live.accuracy
         if accuracy == accuracy:

@@ -324,6 +324,7 @@ def open_online(
         on_learned=metrics.heads_labels.inc,
     )
     online.load()
+    online.observed(store.last_label_event())  # stored before this start: their samples were predicted
     online.start()
     return online
 

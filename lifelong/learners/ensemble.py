@@ -57,6 +57,14 @@ class Hedge:
         self._errors[member] = self._errors.get(member, 0.0) * fade + float(weights @ wrong)
         self._scored[member] = self._scored.get(member, 0.0) * fade + float(weights.sum())
 
+    def score_predictions(
+        self, predicted: Mapping[str, np.ndarray[Any, Any]], y: np.ndarray[Any, Any]
+    ) -> None:
+        """Score each member's predictions of samples labeled ``y`` (a prediction of -1: none)."""
+        for member, labels in predicted.items():
+            made = labels >= 0
+            self.score(member, labels[made] == y[made])
+
     def error_rate(self, member: str) -> float:
         """``member``'s discounted error rate, the prior included."""
         return (self._errors.get(member, 0.0) + 0.5 * self.prior) / (

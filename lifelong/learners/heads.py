@@ -19,17 +19,23 @@ Heads are cheap to rebuild: their state is a function of the label events in the
 sample store, in order. :meth:`Heads.checkpoint` saves it with the last event
 learned, and a restart replays the events after that one.
 
+Serving reads a :class:`Predictor`: what the heads had learned when it was made
+(the scaling, the feature map and each head's discriminant, in float32), so
+another thread predicts with it while the heads learn on.
+
 Example::
 
     heads = Heads(features=10, classes=3, half_lives=[0, 100])
     heads.learn(x, y)                 # n x 10 inputs, n labels
     heads.predict(x_new)              # {"lda": array([...]), "lda_100": array([...])}
+    serve = heads.predictor()         # fixed now; heads.learn(...) does not change it
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,7 +72,6 @@ class StreamingLDA:
         self.learned = 0
         self._fitted: tuple[torch.Tensor, torch.Tensor] | None = None
         self._fitted_at = -1
-        self._fitted_classes = torch.zeros(classes, dtype=torch.bool)
 
     def learn(self, f: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch of feature rows ``f`` (float64) with labels ``y``, oldest first."""
@@ -92,7 +97,16 @@ class StreamingLDA:
         """Classes with any weight left."""
         return self.weight > 1e-12
 
-    def _fit(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminant (coefficients, classes x width, and biases; float32) of what was learned.
+
+        Solved again only after new samples (its cost is cubic in ``width``).
+        """
+        if self._fitted is None or self._fitted_at != self.learned:
+            self._fitted, self._fitted_at = self._solve(), self.learned
+        return self._fitted
+
+    def _solve(self) -> tuple[torch.Tensor, torch.Tensor]:
         seen = self.seen
         total = float(self.weight.sum())
         means = torch.zeros_like(self.sums)
@@ -106,21 +120,7 @@ class StreamingLDA:
         prior = torch.log((self.weight / max(total, 1e-12)).clamp(min=1e-12))
         bias = -0.5 * (coef * means).sum(1) + prior
         bias[~seen] = -math.inf
-        return coef, bias
-
-    def scores(self, f: torch.Tensor) -> torch.Tensor:
-        """Discriminant scores (n x classes; unseen classes at minus infinity).
-
-        The solve is redone when a class is new or ``width / 32`` labels came since the last,
-        so its cost (cubic in ``width``) is spread over many samples.
-        """
-        seen = self.seen
-        stale = self.learned - self._fitted_at >= max(1, self.width // 32)
-        if self._fitted is None or stale or bool((seen & ~self._fitted_classes).any()):
-            self._fitted = self._fit()
-            self._fitted_at, self._fitted_classes = self.learned, seen.clone()
-        coef, bias = self._fitted
-        return f @ coef.T + bias
+        return coef.float(), bias.float()
 
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         return {
@@ -142,6 +142,39 @@ class StreamingLDA:
         self._fitted, self._fitted_at = None, -1
 
 
+def random_features(z: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``[z, sqrt(2) cos(z W + b)]`` in float32 (``z`` alone without a projection)."""
+    z = z.float()
+    if projection is None:
+        return z
+    weight, phase = projection
+    return torch.cat([z, math.sqrt(2.0) * torch.cos(torch.addmm(phase, z, weight))], dim=1)
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """What the heads predict with, fixed when made (safe to use while they learn on)."""
+
+    scale: tuple[str, torch.Tensor, torch.Tensor]  # scaling mode, shift, scale
+    projection: tuple[torch.Tensor, torch.Tensor] | None  # float32
+    heads: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (coefficients, biases)
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """Each head's predicted label of each row of ``x``."""
+        z = as_inputs(x)
+        mode, shift, scale = self.scale
+        if mode in ("standardize", "range"):
+            z = (z - shift) / scale
+        f = random_features(z, self.projection)
+        names = list(self.heads)
+        coef = torch.cat([self.heads[name][0] for name in names])  # every head in one product
+        bias = torch.cat([self.heads[name][1] for name in names])
+        scores = torch.addmm(bias, f, coef.T).view(len(f), len(names), -1)
+        labels = scores.argmax(2).numpy()
+        return {name: labels[:, k] for k, name in enumerate(names)}
+
+
 class Heads:
     """The online heads of one daemon: a shared input map and one :class:`StreamingLDA` per half-life."""
 
@@ -151,7 +184,7 @@ class Heads:
         features: int,
         classes: int,
         half_lives: Sequence[int] = (0, 100, 1000),
-        random_features: int = 512,
+        random_features: int = 256,
         scaling: str = "auto",
         scaling_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
@@ -178,6 +211,7 @@ class Heads:
             head_name(h): StreamingLDA(width=self.width, classes=classes, half_life=h) for h in half_lives
         }
         self.bandwidth = 0.0  # set from the first WARMUP samples
+        self._started = False
         self._projection: tuple[torch.Tensor, torch.Tensor] | None = None
         self._warmup: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.learned = 0  # labeled samples taken in (buffered or learned)
@@ -189,27 +223,23 @@ class Heads:
     @property
     def ready(self) -> bool:
         """Whether the heads predict (they have learned their first samples)."""
-        return self._projection is not None and self.learned > 0
+        return self._started and self.learned > 0
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.scaling(x).to(torch.float64)
-        if not self.random_features:
-            return z
-        assert self._projection is not None
-        weight, phase = self._projection
-        return torch.cat([z, math.sqrt(2.0) * torch.cos(z @ weight + phase)], dim=1)
+        return random_features(self.scaling(x), self._projection)
 
     def _start(self, x: torch.Tensor) -> None:
         """Set the random features' bandwidth from the first samples (median distance) and draw them."""
-        z = self.scaling(x).to(torch.float64)
+        z = self.scaling(x[:256]).to(torch.float64)
         distances = torch.cdist(z, z)
         off = distances[~torch.eye(len(z), dtype=torch.bool)]
         positive = off[off > 0]
         self.bandwidth = float(positive.median()) if len(positive) else 1.0
         generator = torch.Generator().manual_seed(self.seed)
-        weight = torch.randn(self.features, self.random_features, generator=generator, dtype=torch.float64)
-        phase = torch.rand(self.random_features, generator=generator, dtype=torch.float64) * 2 * math.pi
-        self._projection = (weight / self.bandwidth, phase)
+        weight = torch.randn(self.features, self.random_features, generator=generator)
+        phase = torch.rand(self.random_features, generator=generator) * 2 * math.pi
+        self._projection = (weight / self.bandwidth, phase) if self.random_features else None
+        self._started = True
 
     def learn(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> None:
         """Learn labeled rows, oldest first (the first ``WARMUP`` wait to set the feature map)."""
@@ -224,7 +254,7 @@ class Heads:
         self.scaling.resolve(np.asarray(x).dtype)
         self.scaling.fit(inputs)
         self.learned += len(labels)
-        if self._projection is None:
+        if not self._started:
             self._warmup.append((inputs, labels))
             if self.learned < WARMUP:
                 return
@@ -232,17 +262,25 @@ class Heads:
             labels = torch.cat([label for _, label in self._warmup])
             self._warmup = []
             self._start(inputs)
-        f = self._map(inputs)
+        f = self._map(inputs).double()
         for head in self.members.values():
             head.learn(f, labels)
 
-    @torch.no_grad()
+    def predictor(self) -> Predictor | None:
+        """What the heads have learned so far, to predict with (None before they are ready)."""
+        if not self.ready:
+            return None
+        fitted = self.scaling.weights()
+        return Predictor(
+            scale=(self.scaling.mode, fitted["scaling.shift"], fitted["scaling.scale"]),
+            projection=self._projection,
+            heads={name: head.fit() for name, head in self.members.items()},
+        )
+
     def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
         """Each head's predicted label of each row of ``x`` (empty before the heads are ready)."""
-        if not self.ready or not len(x):
-            return {}
-        f = self._map(as_inputs(x))
-        return {name: head.scores(f).argmax(1).numpy() for name, head in self.members.items()}
+        predictor = self.predictor()
+        return predictor.predict(x) if predictor is not None and len(x) else {}
 
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, meta) from which :meth:`restore` continues exactly."""
@@ -260,6 +298,7 @@ class Heads:
             "random_features": self.random_features,
             "half_lives": [head.half_life for head in self.members.values()],
             "bandwidth": self.bandwidth,
+            "started": self._started,
             "learned": self.learned,
             "warmup": len(self._warmup),
             "scaling": self.scaling.meta(),
@@ -282,6 +321,7 @@ class Heads:
         self.scaling.restore(meta["scaling"], tensors)
         self.bandwidth = float(meta["bandwidth"])
         self.learned = int(meta["learned"])
+        self._started = bool(meta.get("started"))
         self._projection = (
             (tensors["map.weight"].clone(), tensors["map.phase"].clone()) if "map.weight" in tensors else None
         )
