@@ -7,7 +7,7 @@ its last pass to the heads (the gate's held-out samples excepted, as for the
 network), so a label counts in the predictions made from then on. It takes only
 events whose samples have been predicted already (:meth:`OnlineMembers.observed`):
 test, then train. Ingestion never waits for it, and it runs at a lower CPU
-priority (nice 10, on Linux): under a burst the heads fall behind (the
+priority (nice 19, on Linux): under a burst the heads fall behind (the
 ``lifelong_heads_behind`` gauge) and learn the backlog in large batches when
 the CPU is free. Before they learn them,
 every member (each head, and the network serving) predicts those samples and
