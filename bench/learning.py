@@ -39,7 +39,7 @@ import torch
 
 from lifelong.benchmarks import SCENARIOS, Scenario, scenario
 from lifelong.config import LearnerSettings, ScheduleSettings
-from lifelong.daemon.learning import build_gate
+from lifelong.daemon.learning import build_gate, build_heads
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import Labeled, Learner, as_inputs
 from lifelong.learners.ensemble import Hedge
@@ -61,16 +61,8 @@ def evaluate(model: Learner, sc: Scenario) -> list[float]:
     return [float((model.predict(t.test_x) == t.test_y).mean()) for t in sc.tasks]
 
 
-def build_heads(settings: LearnerSettings, sc: Scenario, **overrides: Any) -> Heads:
-    """The daemon's online heads as ``settings`` describe them."""
-    options: dict[str, Any] = {
-        "half_lives": settings.heads,
-        "random_features": settings.head_features,
-        "scaling": settings.scaling,
-        "scaling_range": settings.scaling_range,
-        "seed": settings.seed,
-    }
-    return Heads(features=sc.features, classes=sc.classes, **(options | overrides))
+def heads_for(settings: LearnerSettings, sc: Scenario, **overrides: Any) -> Heads:
+    return build_heads(settings, features=sc.features, classes=sc.classes, **overrides)
 
 
 def evaluate_members(
@@ -109,7 +101,7 @@ def run_lifelong(
         maxlen=settings.recent
     )
     matrix, decisions = [], collections.Counter()
-    heads, hedge = build_heads(settings, sc), Hedge(half_life=settings.ensemble_half_life)
+    heads, hedge = heads_for(settings, sc), Hedge(half_life=settings.ensemble_half_life)
     members: dict[str, list[list[float]]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory() as directory:
         memory = RehearsalMemory(
@@ -156,7 +148,7 @@ def run_lifelong(
 
 def run_lda_rff(sc: Scenario, settings: LearnerSettings, round_size: int) -> dict[str, Any]:
     """The forgetting-free baseline: streaming LDA on 2,048 random Fourier features, every sample once."""
-    heads = build_heads(settings, sc, half_lives=[0], random_features=2048)
+    heads = heads_for(settings, sc, half_lives=[0], random_features=2048)
     matrix = []
     for task in sc.tasks:
         for new in chunks(task, round_size):

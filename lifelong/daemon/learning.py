@@ -13,6 +13,7 @@ from lifelong.daemon.trust import LabelTrust
 from lifelong.daemon.update import Updater
 from lifelong.errors import ConfigError
 from lifelong.learners.gate import Gate
+from lifelong.learners.heads import Heads
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
@@ -57,6 +58,18 @@ def build_learner(
         )
     except ValueError as error:  # the device, most likely
         raise ConfigError(f"learner: {error}") from None
+
+
+def build_heads(learner: LearnerSettings, *, features: int, classes: int, **overrides: Any) -> Heads:
+    """The online heads ``[learner] heads`` and ``head_features`` describe (``overrides`` on top)."""
+    options: dict[str, Any] = {
+        "half_lives": learner.heads,
+        "random_features": learner.head_features,
+        "scaling": learner.scaling,
+        "scaling_range": learner.scaling_range,
+        "seed": learner.seed,
+    }
+    return Heads(features=features, classes=classes, **(options | overrides))
 
 
 def build_gate(learner: LearnerSettings) -> Gate:

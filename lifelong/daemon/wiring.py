@@ -22,7 +22,7 @@ from lifelong.daemon.control import Controller
 from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
-from lifelong.daemon.learning import build_updater
+from lifelong.daemon.learning import build_heads, build_updater
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.online import OnlineMembers
@@ -34,7 +34,6 @@ from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
 from lifelong.learners.base import Learner
 from lifelong.learners.ensemble import Hedge
-from lifelong.learners.heads import Heads
 from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
@@ -306,15 +305,7 @@ def open_online(
         return updater.champion(), updater.cursor
 
     online = OnlineMembers(
-        heads=Heads(
-            features=settings.data.features,
-            classes=settings.data.max_classes,
-            half_lives=learner.heads,
-            random_features=learner.head_features,
-            scaling=learner.scaling,
-            scaling_range=learner.scaling_range,
-            seed=learner.seed,
-        ),
+        heads=build_heads(learner, features=settings.data.features, classes=settings.data.max_classes),
         hedge=Hedge(half_life=learner.ensemble_half_life),
         store=store,
         lock=lock,
