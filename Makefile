@@ -52,6 +52,7 @@ bench-learning: $(STAMP)
 	$(PY) bench/learning.py --scenario split-digits --memory 500 --round 100 --json
 	$(PY) bench/learning.py --scenario split-fashion-mnist --memory 500 --json
 	$(PY) bench/learning.py --scenario permuted-fashion-mnist --memory 500 --json
+	$(PY) bench/learning.py --scenario rotated-fashion-mnist --memory 500 --json
 
 # The daemon on drifting tabular streams against River, labels 500 samples late (about 5 minutes).
 bench-drift: $(STAMP)
