@@ -156,9 +156,10 @@ class LearnerSettings(_Section):
     keep_versions: int = Field(20, ge=1)
     seed: int = 0
     # Online heads served beside the network: streaming LDA learning every label as it is stored, one
-    # per half-life in labels (0: never forgets; 100: follows a change within a few hundred labels).
-    # [] serves the network alone.
-    heads: list[int] = [0, 100, 1000]
+    # per half-life in labels (0: never forgets; 100: follows a change within a few hundred labels, and
+    # forgets classes absent that long, which the vote cannot tell from a change yet). [] serves the
+    # network alone.
+    heads: list[int] = [0]
     # Random Fourier features the heads read beside the scaled inputs (0: the inputs alone, linear).
     head_features: int = Field(256, ge=0, le=8192)
     # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
