@@ -175,27 +175,27 @@ class OnlineMembers:
             events = [e for e in events if e[0] <= self._observed]
             if not events:
                 break
-            kept = [e for e in events if not self.held_out(e[1])]
-            x = rows_matrix([e[3] for e in kept], [e[4] for e in kept], self.heads.features)
-            y = np.asarray([e[2] for e in kept], dtype=np.int64)
-            recent = events[-self.score_most :]  # the weights need recent evidence only
-            self._score(network, recent, [e[0] > network_trained_upto for e in recent])
+            x = rows_matrix([e[3] for e in events], [e[4] for e in events], self.heads.features)
+            y = np.asarray([e[2] for e in events], dtype=np.int64)
+            recent = slice(-self.score_most, None)  # the weights need recent evidence only
+            fresh = [e[0] > network_trained_upto for e in events[recent]]
+            self._score(network, x[recent], y[recent], fresh)
+            kept = np.fromiter((not self.held_out(e[1]) for e in events), bool, len(events))
             with self._guard:
-                self.heads.learn(x, y)
+                self.heads.learn(x[kept], y[kept])
                 self.cursor = events[-1][0]
             self._predictor = self.heads.predictor()
             read += len(events)
             self._unsaved += len(events)
             if self.on_learned is not None:
                 self.on_learned(len(events))
-
         if self._unsaved >= self.save_every:
             self.save()
         return read
 
-    def _score(self, network: Learner | None, events: list[Any], fresh: list[bool]) -> None:
-        x = rows_matrix([e[3] for e in events], [e[4] for e in events], self.heads.features)
-        y = np.asarray([e[2] for e in events], dtype=np.int64)
+    def _score(
+        self, network: Learner | None, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fresh: list[bool]
+    ) -> None:
         predicted = self.predict(x)
         if network is not None and any(fresh):
             keep = np.asarray(fresh)
