@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -156,10 +158,16 @@ class LearnerSettings(_Section):
     keep_versions: int = Field(20, ge=1)
     seed: int = 0
     # Online heads served beside the network: streaming LDA learning every label as it is stored, one
-    # per half-life in labels (0: never forgets; 100: follows a change within a few hundred labels, and
-    # forgets classes absent that long, which the vote cannot tell from a change yet). [] serves the
-    # network alone.
-    heads: list[int] = [0]
+    # per half-life in labels (0: never forgets; 100: follows a change within a few hundred labels; a
+    # class that is only absent keeps its mean). [] and no linear members: the network and the prior.
+    heads: list[int] = [0, 100, 1000]
+    # Online logistic regressions served beside them, one per learning rate (one SGD step per label on the
+    # scaled inputs; a constant rate follows a gradually moving boundary). They forget classes that stay
+    # absent; the vote scores every member on held-out samples of absent classes, so it sees that.
+    linear: list[float] = [0.01, 0.05]
+    # A head that never forgets until its own errors rise (river's ADWIN), then restarts from the labels
+    # after the change (classes absent from them keep their means): it drops an old concept at once.
+    restarting_head: bool = True
     # Random Fourier features the heads read beside the scaled inputs (0: the inputs alone, linear).
     head_features: int = Field(256, ge=0, le=8192)
     # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
@@ -170,6 +178,13 @@ class LearnerSettings(_Section):
     def _half_lives(cls, value: list[int]) -> list[int]:
         if any(h < 0 for h in value) or len(set(value)) != len(value):
             raise ValueError(f"needs distinct half-lives >= 0, got {value}")
+        return value
+
+    @field_validator("linear")
+    @classmethod
+    def _rates(cls, value: list[float]) -> list[float]:
+        if any(not r > 0 for r in value) or len(set(value)) != len(value):
+            raise ValueError(f"needs distinct learning rates > 0, got {value}")
         return value
 
     @field_validator("scaling_range")
@@ -322,4 +337,17 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{name}: [{section}] is not a table in the config file")
-        table[key] = value
+        table[key] = _environment_value(name, section, key, value)
+
+
+def _environment_value(name: str, section: str, key: str, value: str) -> Any:
+    """The value as the setting reads it: JSON for list and table settings (as pydantic-settings does)."""
+    model = Settings.model_fields.get(section)
+    fields = model.annotation.model_fields if model is not None and model.annotation else {}
+    field = fields.get(key)
+    if field is None or typing.get_origin(field.annotation) not in (list, dict, tuple):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{name}: [{section}] {key} takes JSON (e.g. [0, 100]): {error}") from None

@@ -42,6 +42,8 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         ({"kafka": {"security_protocol": "TLS"}}, {}, "kafka.security_protocol"),
         ({}, {"LIFELONG_STATE__MAX_WAITING": "-1"}, "state.max_waiting"),
         ({}, {"LIFELONG_NOPE__KEY": "1"}, "nope"),
+        ({}, {"LIFELONG_LEARNER__HEADS": "[0, 100"}, "LIFELONG_LEARNER__HEADS"),
+        ({}, {"LIFELONG_LEARNER__LINEAR": "[0.01, 0.01]"}, "learner.linear"),
     ],
     ids=[
         "zero features",
@@ -51,12 +53,23 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         "bad protocol",
         "env negative",
         "unknown section",
+        "env list not JSON",
+        "env list repeats",
     ],
 )
 def test_invalid_config_names_the_key(make_config, sections, environ, key) -> None:  # type: ignore[no-untyped-def]
     path = make_config(**sections)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_settings(path, environ=environ)
+
+
+def test_list_settings_from_the_environment_as_json(make_config) -> None:  # type: ignore[no-untyped-def]
+    settings = load_settings(
+        make_config(),
+        environ={"LIFELONG_LEARNER__HEADS": "[0, 100, 1000]", "LIFELONG_LEARNER__LINEAR": "[0.05]"},
+    )
+    assert settings.learner.heads == [0, 100, 1000]
+    assert settings.learner.linear == [0.05]
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

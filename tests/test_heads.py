@@ -12,8 +12,9 @@ import torch
 
 from lifelong.daemon.online import OnlineMembers
 from lifelong.events import Sample
-from lifelong.learners.ensemble import Hedge
+from lifelong.learners.ensemble import AbsentClasses, Hedge
 from lifelong.learners.heads import Heads
+from lifelong.learners.members import RestartingLDA
 from lifelong.memory.samples import IngestBatch, SampleStore
 from tests.streams import stored
 
@@ -63,8 +64,58 @@ def test_a_decaying_head_follows_a_concept_change_the_unforgetting_one_does_not(
     assert accuracy(predicted["lda"], (test_y + 1) % CLASSES) < 0.5
 
 
+def test_the_restarting_head_drops_an_old_concept_once_its_errors_rise() -> None:
+    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0], restarting=True)
+    x, y = blobs(3000, 40)
+    for start in range(0, 3000, 100):
+        heads.learn(x[start : start + 100], y[start : start + 100])
+    later_x, later_y = blobs(300, 41, classes=[0, 1, 2, 3])
+    for start in range(0, 300, 50):
+        # Regions 0 and 1 swap their classes; 2 and 3 stay; class 4 is absent from now on.
+        labels = later_y[start : start + 50]
+        heads.learn(later_x[start : start + 50], np.where(labels < 2, 1 - labels, labels))
+    restarting = heads.members["lda_restart"]
+    assert isinstance(restarting, RestartingLDA) and restarting.restarts >= 1
+    test_x, test_y = blobs(500, 42)
+    expected = np.where(test_y < 2, 1 - test_y, test_y)
+    predicted = heads.predict(test_x)
+    assert accuracy(predicted["lda_restart"], expected) >= 0.9
+    assert accuracy(predicted["lda_restart"][test_y == 4], expected[test_y == 4]) >= 0.9  # kept
+    assert accuracy(predicted["lda"], expected) < 0.8  # 3,000 labels of the old concept outweigh 300
+
+
+def test_a_decaying_head_keeps_a_class_that_is_only_absent() -> None:
+    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[100])
+    x, y = blobs(300, 10, classes=[0, 1])
+    heads.learn(x, y)
+    for seed in range(11, 31):  # 2,000 labels of other classes: twenty half-lives
+        later_x, later_y = blobs(100, seed, classes=[2, 3, 4])
+        heads.learn(later_x, later_y)
+    test_x, test_y = blobs(500, 31)
+    assert accuracy(heads.predict(test_x)["lda_100"], test_y) >= 0.9
+
+
+def test_the_prior_answers_before_any_label_and_linear_members_learn() -> None:
+    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0], linear=[0.05])
+    x, y = blobs(400, 12)
+    assert heads.predict(x[:3]) == {"prior": pytest.approx(np.zeros(3))}  # class 0: nothing known yet
+    heads.learn(x[:10], np.full(10, 4))
+    assert heads.predict(x[:3])["prior"].tolist() == [4, 4, 4]  # still warming up: the prior answers
+    heads.learn(x, y)
+    assert set(heads.predict(x[:1])) == {"lda", "linear_0.05", "prior"}
+    test_x, test_y = blobs(500, 13)
+    assert accuracy(heads.predict(test_x)["linear_0.05"], test_y) >= 0.9
+
+
 def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
-    first = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 100], random_features=64)
+    first = Heads(
+        features=FEATURES,
+        classes=CLASSES,
+        half_lives=[0, 100],
+        linear=[0.05],
+        restarting=True,
+        random_features=64,
+    )
     x, y = blobs(700, 7)
     first.learn(x[:20], y[:20])  # still warming up: the buffered samples are saved too
     tensors, meta = first.checkpoint()
@@ -171,3 +222,48 @@ def test_the_daemons_heads_follow_the_store_and_restart_exactly(tmp_path: Path) 
         # The same labels in the same order; batches cut elsewhere scale a few rows differently.
         for name, labels in expected.items():
             assert accuracy(rebuilt.predict(test_x)[name], labels) >= 0.98
+
+
+def test_the_vote_distrusts_a_member_that_forgets_classes_absent_from_the_recent_labels() -> None:
+    rng = np.random.default_rng(0)
+    hedge, blind = Hedge(), Hedge()  # blind: scored on the recent labels alone
+    absent = AbsentClasses(classes=CLASSES, features=1)
+    for task in ([0, 1], [2, 3], [4]):  # class-incremental: only the newest task's classes arrive
+        for _ in range(6):
+            y = rng.choice(task, 100)
+
+            def members(labels: np.ndarray[Any, Any], task: list[int] = task) -> dict[str, Any]:
+                # "forgets" knows only the classes it learned last; "keeps" knows every class.
+                return {"keeps": labels, "forgets": np.where(np.isin(labels, task), labels, task[0])}
+
+            hedge.score_predictions(members(y), y)
+            blind.score_predictions(members(y), y)
+            absent.observe(np.zeros((100, 1)), y, held=np.arange(100) % 10 == 7)
+            if (probe := absent.probes()) is not None:
+                _, py, weights = probe
+                hedge.score_predictions(members(py), py, weights=weights * len(y))
+    assert absent.absent().tolist() == [0, 1, 2, 3]
+    assert blind.weights(["keeps", "forgets"]) == {"keeps": 0.5, "forgets": 0.5}  # both right on all recent
+    assert hedge.weights(["keeps", "forgets"])["forgets"] < 1e-6
+
+
+def test_the_daemons_heads_keep_held_out_samples_of_absent_classes_across_a_restart(tmp_path: Path) -> None:
+    tasks = [blobs(700, 20 + k, classes=classes) for k, classes in enumerate([[0, 1], [2, 3], [4]])]
+    with SampleStore.open(tmp_path / "store") as store:
+        online = online_at(store, tmp_path / "heads")
+        start = 0
+        for x, y in tasks:
+            fill(store, x, y, start)
+            start += len(y)
+            online.observed(store.last_label_event())
+            online.catch_up()
+        assert online.absent.absent().tolist() == [0, 1, 2, 3]
+        test_x, test_y = blobs(500, 30)
+        assert accuracy(online.serve(online.predict(test_x)), test_y) >= 0.9
+        weights = online.weights(["lda", "lda_100", "prior"])
+        assert weights["prior"] < 1e-6  # right on the last task, wrong on every absent class
+        online.save()
+        again = online_at(store, tmp_path / "heads")
+        again.load()
+        assert again.absent.absent().tolist() == [0, 1, 2, 3]
+        assert again.weights(["lda", "lda_100", "prior"]) == pytest.approx(weights)

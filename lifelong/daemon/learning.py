@@ -64,6 +64,8 @@ def build_heads(learner: LearnerSettings, *, features: int, classes: int, **over
     """The online heads ``[learner] heads`` and ``head_features`` describe (``overrides`` on top)."""
     options: dict[str, Any] = {
         "half_lives": learner.heads,
+        "linear": learner.linear,
+        "restarting": learner.restarting_head,
         "random_features": learner.head_features,
         "scaling": learner.scaling,
         "scaling_range": learner.scaling_range,

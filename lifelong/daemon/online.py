@@ -37,19 +37,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
 from lifelong.files import write_atomically
 from lifelong.learners.base import Learner
-from lifelong.learners.ensemble import Hedge
-from lifelong.learners.heads import Heads, Predictor
+from lifelong.learners.ensemble import AbsentClasses, Hedge
+from lifelong.learners.heads import WARMUP, Heads, Predictor
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.samples import SampleStore
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 FILE = "heads.safetensors"
 NICE = 19  # the follower thread's niceness: under load it gets what ingestion leaves
 
@@ -95,11 +96,13 @@ class OnlineMembers:
         self.batch = batch
         self.score_most = score_most  # members scored on at most this many of each batch (the newest)
         self.save_every = save_every
+        # Held-out samples of each class: the members are also scored on the classes absent lately.
+        self.absent = AbsentClasses(classes=heads.classes, features=heads.features)
         self.cursor = 0  # the last label event learned
         self.saved = 0  # ... as of the file on disk (the store keeps the events after it)
         self._unsaved = 0
         self._guard = threading.Lock()  # the heads and weights: learning (follower) against saving, voting
-        self._predictor: Predictor | None = None  # what serving predicts with: replaced after each pass
+        self._predictor: Predictor = heads.predictor()  # what serving predicts with: replaced after each pass
         self._observed = 0  # the last label event whose sample has been predicted
         self._wake = threading.Event()
         self._wake.set()  # the first pass catches up with what was stored before the start
@@ -154,11 +157,6 @@ class OnlineMembers:
                     log.exception("the online heads could not learn the newest labels (retrying)")
 
     @property
-    def ready(self) -> bool:
-        """Whether the heads predict (they have learned their first labels)."""
-        return self._predictor is not None
-
-    @property
     def path(self) -> Path:
         return self.directory / FILE
 
@@ -169,9 +167,12 @@ class OnlineMembers:
         (the last one it trained on). Returns how many events were read.
         """
         read = 0
-        while self.cursor < self._observed:
+        while self.cursor < self._observed and not self._stop.is_set():  # closing: what is learned is saved
             with self.lock:
-                events = self.store.label_events(self.cursor, min(self.batch, self._observed - self.cursor))
+                # While the members are young, smaller batches: each is scored before it is learned,
+                # so the vote learns whom to trust from the first labels on (32, 32, 64, 128, ...).
+                size = min(self.batch, max(WARMUP, self.heads.learned), self._observed - self.cursor)
+                events = self.store.label_events(self.cursor, size)
             events = [e for e in events if e[0] <= self._observed]
             if not events:
                 break
@@ -181,6 +182,11 @@ class OnlineMembers:
             fresh = [e[0] > network_trained_upto for e in events[recent]]
             self._score(network, x[recent], y[recent], fresh)
             kept = np.fromiter((not self.held_out(e[1]) for e in events), bool, len(events))
+            with self._guard:
+                self.absent.observe(x, y, held=~kept)
+                probe = self.absent.probes()
+            if probe is not None:
+                self._score_absent(network, *probe, scored=len(y[recent]))
             with self._guard:
                 self.heads.learn(x[kept], y[kept])
                 self.cursor = events[-1][0]
@@ -203,10 +209,25 @@ class OnlineMembers:
         with self._guard:
             self.hedge.score_predictions(predicted, y)
 
+    def _score_absent(
+        self,
+        network: Learner | None,
+        x: np.ndarray[Any, Any],
+        y: np.ndarray[Any, Any],
+        weights: np.ndarray[Any, Any],
+        *,
+        scored: int,
+    ) -> None:
+        """Score the members on held-out samples of the absent classes (they were never trained on)."""
+        predicted = self.predict(x)
+        if network is not None:
+            predicted["network"] = network.predict(x)
+        with self._guard:
+            self.hedge.score_predictions(predicted, y, weights=weights * scored)
+
     def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
-        """Each head's prediction of ``x`` (nothing before the heads have learned their first labels)."""
-        predictor = self._predictor
-        return predictor.predict(x) if predictor is not None and len(x) else {}
+        """Each member's prediction of ``x`` (before the first labels, the prior's: class 0)."""
+        return self._predictor.predict(x) if len(x) else {}
 
     def serve(self, members: dict[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
         """The members' weighted vote (see :class:`~lifelong.learners.ensemble.Hedge`)."""
@@ -222,8 +243,16 @@ class OnlineMembers:
         """Write the heads and weights with the last label event learned (atomically)."""
         with self._guard:
             tensors, meta = self.heads.checkpoint()
+            arrays, absent = self.absent.state()
+            tensors |= {name: torch.from_numpy(array.copy()) for name, array in arrays.items()}
             cursor = self.cursor
-            header = {"format": FORMAT, "cursor": cursor, "heads": meta, "hedge": self.hedge.state()}
+            header = {
+                "format": FORMAT,
+                "cursor": cursor,
+                "heads": meta,
+                "hedge": self.hedge.state(),
+                "absent": absent,
+            }
             data = save(tensors, metadata={"lifelong": json.dumps(header)})
             self._unsaved = 0
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -246,8 +275,12 @@ class OnlineMembers:
                     f"{self.store.last_label_event()} (from another state directory?)"
                 )
             heads, hedge = self.heads.fresh(), self.hedge.fresh()  # nothing half-restored on failure
+            absent = AbsentClasses(classes=heads.classes, features=heads.features)
             heads.restore(tensors, saved["heads"])
             hedge.restore(saved["hedge"])
+            absent.restore(
+                {k: v.numpy() for k, v in tensors.items() if k.startswith("absent.")}, saved["absent"]
+            )
         except Exception as error:  # safetensors raises its own error type on a damaged header
             aside = self.path.with_suffix(".unusable")
             self.path.replace(aside)
@@ -259,7 +292,7 @@ class OnlineMembers:
                 aside,
             )
             return
-        self.heads, self.hedge = heads, hedge
+        self.heads, self.hedge, self.absent = heads, hedge, absent
         self.cursor = self.saved = int(saved["cursor"])
         self._predictor = heads.predictor()
         log.info("online heads restored at label event %d", self.cursor)

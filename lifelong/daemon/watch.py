@@ -99,7 +99,7 @@ class Watch:
             inline = [row[3] for row in samples]
             labels += [y for y in inline if y is not None]
             models = self.models()
-            online = self.online is not None and self.online.ready
+            online = self.online is not None
             novelty = self.memory is not None and self.memory.size > 0
             if models or online or novelty:
                 # Novelty alone looks at the newest rows only.
@@ -162,7 +162,7 @@ class Watch:
     def _members(self, metrics: Metrics) -> None:
         """Each online member's live accuracy and weight in the served vote."""
         assert self.online is not None
-        names = [*self.online.heads.members, *(["network"] if "network" in self.live.members else [])]
+        names = [*self.online.heads.names, *(["network"] if "network" in self.live.members else [])]
         metrics.heads_behind.set(self.online.behind())
         for name, weight in self.online.weights(names).items():
             metrics.member_weight.labels(member=name).set(weight)

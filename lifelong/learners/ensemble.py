@@ -11,6 +11,15 @@ window of 300 scores are 15 errors apart, a factor of e^15. The served label
 is the weighted vote: the clearly better member decides alone, members about
 as good vote together.
 
+Recent labels alone would mislead the vote on a class-incremental stream: while
+only the newest classes arrive, a member that has forgotten the others is the
+most accurate on what arrives. A class absent from the recent labels is not a
+class that stopped mattering, so :class:`AbsentClasses` keeps a few held-out
+samples of each class and every member is also scored on those of the absent
+classes, weighted by each class's share of all the labels seen (no class is
+absent on a stream whose classes all keep coming: there the recent labels alone
+decide).
+
 Example::
 
     hedge = Hedge(half_life=200)
@@ -58,12 +67,24 @@ class Hedge:
         self._scored[member] = self._scored.get(member, 0.0) * fade + float(weights.sum())
 
     def score_predictions(
-        self, predicted: Mapping[str, np.ndarray[Any, Any]], y: np.ndarray[Any, Any]
+        self,
+        predicted: Mapping[str, np.ndarray[Any, Any]],
+        y: np.ndarray[Any, Any],
+        weights: np.ndarray[Any, Any] | None = None,
     ) -> None:
-        """Score each member's predictions of samples labeled ``y`` (a prediction of -1: none)."""
+        """Score each member's predictions of samples labeled ``y`` (a prediction of -1: none).
+
+        With ``weights`` (one per sample) the scores count that much each and do not age the
+        others: the held-out samples of absent classes, scored again at each pass.
+        """
         for member, labels in predicted.items():
             made = labels >= 0
-            self.score(member, labels[made] == y[made])
+            if weights is None:
+                self.score(member, labels[made] == y[made])
+                continue
+            w = weights[made]
+            self._errors[member] = self._errors.get(member, 0.0) + float(w @ (labels[made] != y[made]))
+            self._scored[member] = self._scored.get(member, 0.0) + float(w.sum())
 
     def error_rate(self, member: str) -> float:
         """``member``'s discounted error rate, the prior included."""
@@ -102,3 +123,74 @@ class Hedge:
             raise ValueError(f"ensemble format {state.get('format')!r}, this version reads {FORMAT}")
         self._errors = {str(k): float(v) for k, v in state["errors"].items()}
         self._scored = {str(k): float(v) for k, v in state["scored"].items()}
+
+
+class AbsentClasses:
+    """The last ``keep`` held-out samples of each class, to score the members on classes not seen lately.
+
+    A class is absent once ``absent_after`` labels have come without one of it.
+    :meth:`probes` gives the held-out samples of the absent classes with weights: per
+    label scored from the stream, class ``c`` weighs ``share_c / (1 - absent share)``
+    in all (its samples evenly), so the vote is judged as if every class seen came at
+    its share of all the labels so far.
+    """
+
+    def __init__(self, *, classes: int, features: int, keep: int = 32, absent_after: int = 300) -> None:
+        self.classes = classes
+        self.keep = keep
+        self.absent_after = absent_after
+        self.count = np.zeros(classes, dtype=np.int64)  # labels seen per class
+        self.last = np.zeros(classes, dtype=np.int64)  # the label count at each class's last label
+        self.seen = 0
+        self.x = np.zeros((classes, keep, features), dtype=np.float32)
+        self.filled = np.zeros(classes, dtype=np.int64)  # held-out samples kept per class (ring buffers)
+
+    def observe(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], held: np.ndarray[Any, Any]) -> None:
+        """Labeled rows, oldest first; the ``held`` ones (never learned by any member) are kept."""
+        y = np.asarray(y, dtype=np.int64)
+        positions = self.seen + np.arange(1, len(y) + 1)
+        np.add.at(self.count, y, 1)
+        self.last[y] = positions  # the last occurrence of each class wins
+        self.seen += len(y)
+        for row, label in zip(np.asarray(x)[held], y[held], strict=True):
+            self.x[label, self.filled[label] % self.keep] = row
+            self.filled[label] += 1
+
+    def absent(self) -> np.ndarray[Any, Any]:
+        """Classes seen before, not within the last ``absent_after`` labels, with held-out samples kept."""
+        return np.flatnonzero(
+            (self.count > 0) & (self.seen - self.last >= self.absent_after) & (self.filled > 0)
+        )
+
+    def probes(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+        """(x, y, weight per row) of the absent classes' held-out samples (None when none is absent)."""
+        absent = self.absent()
+        if not len(absent):
+            return None
+        share = self.count / max(1, self.seen)
+        missing = min(float(share[absent].sum()), 0.95)
+        xs, ys, ws = [], [], []
+        for c in absent:
+            n = int(min(self.filled[c], self.keep))
+            xs.append(self.x[c, :n])
+            ys.append(np.full(n, c))
+            ws.append(np.full(n, share[c] / (1.0 - missing) / n))
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+
+    def state(self) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
+        arrays: dict[str, np.ndarray[Any, Any]] = {
+            "absent.count": self.count,
+            "absent.last": self.last,
+            "absent.x": self.x,
+            "absent.filled": self.filled,
+        }
+        return arrays, {"seen": self.seen, "keep": self.keep, "absent_after": self.absent_after}
+
+    def restore(self, arrays: Mapping[str, np.ndarray[Any, Any]], meta: Mapping[str, Any]) -> None:
+        if (int(meta["keep"]), *arrays["absent.x"].shape[::2]) != (self.keep, self.classes, self.x.shape[2]):
+            raise ValueError("the saved held-out samples were kept for other classes, features or sizes")
+        self.seen = int(meta["seen"])
+        self.count = np.asarray(arrays["absent.count"], dtype=np.int64).copy()
+        self.last = np.asarray(arrays["absent.last"], dtype=np.int64).copy()
+        self.x = np.asarray(arrays["absent.x"], dtype=np.float32).copy()
+        self.filled = np.asarray(arrays["absent.filled"], dtype=np.int64).copy()

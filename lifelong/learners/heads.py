@@ -1,33 +1,40 @@
-"""Online heads: streaming LDA classifiers updated on every label, served beside the network.
+"""Online members: classifiers updated on every label, served beside the network.
 
 The replay-trained network learns once per update round; between rounds it
-cannot follow the stream, and before the first round nothing serves. A head
-learns each labeled sample as it is stored, in closed form (no gradient
-steps), so it predicts from a class's first labels on:
+cannot follow the stream, and before the first round nothing serves. The online
+members learn each labeled sample as it is stored, without gradient rounds, so
+they predict from a class's first labels on:
 
 - the inputs are scaled as the network scales them (:class:`~lifelong.learners.scaling.Scaling`,
   fitted on the labeled samples as they come), then mapped to ``[x, random Fourier features of x]``
   (an RBF kernel's features, the bandwidth set from the first samples: a linear
   classifier on them draws curved boundaries);
-- each head is a streaming linear discriminant: per-class means and one shared
-  covariance (shrunk toward its average variance), the exact sums of every sample
-  it learned. With a ``half_life`` (in labels) the sums decay, so an old concept
-  fades and the head follows change; without one it never forgets, whatever the
-  order the classes come in.
+- each head (:class:`StreamingLDA`) is a streaming linear discriminant on those:
+  per-class means and one shared covariance (shrunk toward its average variance),
+  the exact sums of every sample it learned. With a ``half_life`` (in labels) the
+  sums decay, so an old concept fades and the head follows change (a class only
+  absent keeps its mean); without one it never forgets, whatever the order the
+  classes come in. :class:`RestartingLDA` never forgets until its own errors rise
+  (ADWIN), then restarts its classes from the labels since the change;
+- :class:`OnlineLogistic` members are logistic regressions on the scaled inputs,
+  one SGD step per label;
+- :class:`PriorCounts` answers the recent labels' most frequent class: what is
+  served before any other member can answer.
 
-Heads are cheap to rebuild: their state is a function of the label events in the
+Members are cheap to rebuild: their state is a function of the label events in the
 sample store, in order. :meth:`Heads.checkpoint` saves it with the last event
 learned, and a restart replays the events after that one.
 
-Serving reads a :class:`Predictor`: what the heads had learned when it was made
-(the scaling, the feature map and each head's discriminant, in float32), so
-another thread predicts with it while the heads learn on.
+Serving reads a :class:`Predictor`: what the members had learned when it was made
+(the scaling, the feature map and each member's linear scores, in float32), so
+another thread predicts with it while the members learn on.
 
 Example::
 
-    heads = Heads(features=10, classes=3, half_lives=[0, 100])
+    heads = Heads(features=10, classes=3, half_lives=[0, 100], linear=[0.05])
+    heads.predict(x_new)              # {"prior": array([0, ...])}: nothing learned yet
     heads.learn(x, y)                 # n x 10 inputs, n labels
-    heads.predict(x_new)              # {"lda": array([...]), "lda_100": array([...])}
+    heads.predict(x_new)              # {"lda": ..., "lda_100": ..., "linear_0.05": ..., "prior": ...}
     serve = heads.predictor()         # fixed now; heads.learn(...) does not change it
 """
 
@@ -42,11 +49,13 @@ import numpy as np
 import torch
 
 from lifelong.learners.base import as_inputs
+from lifelong.learners.members import OnlineLogistic, PriorCounts, RestartingLDA, StreamingLDA
 from lifelong.learners.scaling import Scaling
 
-FORMAT = 1
-SHRINK = 0.01  # the covariance is shrunk this far toward its average variance
+FORMAT = 2
 WARMUP = 32  # labeled samples buffered before the feature map's bandwidth is set from them
+PRIOR = "prior"
+RESTARTING = "lda_restart"
 
 
 def head_name(half_life: int) -> str:
@@ -54,92 +63,9 @@ def head_name(half_life: int) -> str:
     return "lda" if half_life == 0 else f"lda_{half_life}"
 
 
-class StreamingLDA:
-    """Class means and a shared covariance as decayed exact sums; predicts by the linear discriminant.
-
-    ``half_life`` 0: every sample counts forever (streaming LDA); else a sample's weight
-    halves after that many newer labels.
-    """
-
-    def __init__(self, *, width: int, classes: int, half_life: int = 0) -> None:
-        self.width = width
-        self.classes = classes
-        self.half_life = half_life
-        self.decay = 0.5 ** (1.0 / half_life) if half_life else 1.0
-        self.weight = torch.zeros(classes, dtype=torch.float64)  # per class: sum of sample weights
-        self.sums = torch.zeros(classes, width, dtype=torch.float64)  # per class: weighted sum of features
-        self.outer = torch.zeros(width, width, dtype=torch.float64)  # weighted sum of x x^T
-        self.learned = 0
-        self._fitted: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._fitted_at = -1
-
-    def learn(self, f: torch.Tensor, y: torch.Tensor) -> None:
-        """Add a batch of feature rows ``f`` (float64) with labels ``y``, oldest first."""
-        n = len(y)
-        if not n:
-            return
-        if self.decay < 1.0:
-            age = torch.arange(n - 1, -1, -1, dtype=torch.float64)
-            w = self.decay**age
-            fade = self.decay**n
-            self.weight *= fade
-            self.sums *= fade
-            self.outer *= fade
-        else:
-            w = torch.ones(n, dtype=torch.float64)
-        self.weight.index_add_(0, y, w)
-        self.sums.index_add_(0, y, f * w[:, None])
-        self.outer += (f * w[:, None]).T @ f
-        self.learned += n
-
-    @property
-    def seen(self) -> torch.Tensor:
-        """Classes with any weight left."""
-        return self.weight > 1e-12
-
-    def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The discriminant (coefficients, classes x width, and biases; float32) of what was learned.
-
-        Solved again only after new samples (its cost is cubic in ``width``).
-        """
-        if self._fitted is None or self._fitted_at != self.learned:
-            self._fitted, self._fitted_at = self._solve(), self.learned
-        return self._fitted
-
-    def _solve(self) -> tuple[torch.Tensor, torch.Tensor]:
-        seen = self.seen
-        total = float(self.weight.sum())
-        means = torch.zeros_like(self.sums)
-        means[seen] = self.sums[seen] / self.weight[seen, None]
-        within = (self.outer - means[seen].T @ self.sums[seen]) / max(total, 1e-12)
-        within = (within + within.T) / 2
-        average = float(torch.diagonal(within).mean().clamp(min=0.0))
-        within = (1 - SHRINK) * within
-        within.diagonal().add_(SHRINK * average + 1e-6)
-        coef = torch.linalg.solve(within, means.T).T  # classes x width
-        prior = torch.log((self.weight / max(total, 1e-12)).clamp(min=1e-12))
-        bias = -0.5 * (coef * means).sum(1) + prior
-        bias[~seen] = -math.inf
-        return coef.float(), bias.float()
-
-    def state(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}.weight": self.weight.clone(),
-            f"{prefix}.sums": self.sums.clone(),
-            f"{prefix}.outer": self.outer.clone(),
-        }
-
-    def restore(self, prefix: str, tensors: dict[str, torch.Tensor], learned: int) -> None:
-        for name in ("weight", "sums", "outer"):
-            value = tensors[f"{prefix}.{name}"].to(torch.float64)
-            if value.shape != getattr(self, name).shape:
-                raise ValueError(
-                    f"{prefix}.{name} has shape {tuple(value.shape)}, the head needs "
-                    f"{tuple(getattr(self, name).shape)}"
-                )
-            setattr(self, name, value.clone())
-        self.learned = learned
-        self._fitted, self._fitted_at = None, -1
+def linear_name(rate: float) -> str:
+    """The member name of an online logistic regression: ``linear_<learning rate>``."""
+    return f"linear_{rate:g}"
 
 
 def random_features(z: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -176,7 +102,8 @@ class Predictor:
 
 
 class Heads:
-    """The online heads of one daemon: a shared input map and one :class:`StreamingLDA` per half-life."""
+    """The online members of one daemon: a shared input map, one :class:`StreamingLDA` per half-life,
+    one :class:`OnlineLogistic` per learning rate, and the :class:`PriorCounts`."""
 
     def __init__(
         self,
@@ -184,6 +111,8 @@ class Heads:
         features: int,
         classes: int,
         half_lives: Sequence[int] = (0, 100, 1000),
+        linear: Sequence[float] = (),
+        restarting: bool = False,
         random_features: int = 256,
         scaling: str = "auto",
         scaling_range: Sequence[float] = (0.0, 1.0),
@@ -191,6 +120,8 @@ class Heads:
     ) -> None:
         if any(h < 0 for h in half_lives) or len(set(half_lives)) != len(half_lives):
             raise ValueError(f"half_lives must be distinct and >= 0, got {list(half_lives)}")
+        if any(not r > 0 for r in linear) or len({linear_name(r) for r in linear}) != len(linear):
+            raise ValueError(f"linear learning rates must be distinct and > 0, got {list(linear)}")
         self.features = features
         self.classes = classes
         self.random_features = random_features
@@ -199,6 +130,8 @@ class Heads:
             "features": features,
             "classes": classes,
             "half_lives": list(half_lives),
+            "linear": list(linear),
+            "restarting": restarting,
             "random_features": random_features,
             "scaling": scaling,
             "scaling_range": tuple(scaling_range),
@@ -207,9 +140,16 @@ class Heads:
         low, high = scaling_range
         self.scaling = Scaling(mode=scaling, low=low, high=high)
         self.width = features + random_features
-        self.members = {
+        self.members: dict[str, StreamingLDA | RestartingLDA | OnlineLogistic] = {
             head_name(h): StreamingLDA(width=self.width, classes=classes, half_life=h) for h in half_lives
         }
+        if restarting:
+            self.members[RESTARTING] = RestartingLDA(width=self.width, classes=classes)
+        self.members |= {
+            linear_name(r): OnlineLogistic(features=features, width=self.width, classes=classes, rate=r)
+            for r in linear
+        }
+        self.prior = PriorCounts(classes=classes)
         self.bandwidth = 0.0  # set from the first WARMUP samples
         self._started = False
         self._projection: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -222,8 +162,13 @@ class Heads:
 
     @property
     def ready(self) -> bool:
-        """Whether the heads predict (they have learned their first samples)."""
+        """Whether the learned members predict (they have learned their first samples)."""
         return self._started and self.learned > 0
+
+    @property
+    def names(self) -> list[str]:
+        """Every member's name (the prior's last)."""
+        return [*self.members, PRIOR]
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         return random_features(self.scaling(x), self._projection)
@@ -242,7 +187,11 @@ class Heads:
         self._started = True
 
     def learn(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> None:
-        """Learn labeled rows, oldest first (the first ``WARMUP`` wait to set the feature map)."""
+        """Learn labeled rows, oldest first.
+
+        The heads wait for the first ``WARMUP`` to set the feature map; the linear members and
+        the prior, which read the scaled inputs alone, learn from the first label on.
+        """
         if not len(y):
             return
         inputs = as_inputs(x)
@@ -253,34 +202,49 @@ class Heads:
             )
         self.scaling.resolve(np.asarray(x).dtype)
         self.scaling.fit(inputs)
+        self.prior.learn(labels)
         self.learned += len(labels)
-        if not self._started:
-            self._warmup.append((inputs, labels))
-            if self.learned < WARMUP:
-                return
-            inputs = torch.cat([i for i, _ in self._warmup])
-            labels = torch.cat([label for _, label in self._warmup])
-            self._warmup = []
-            self._start(inputs)
+        if self._started:
+            f = self._map(inputs).double()
+            for member in self.members.values():
+                member.learn(f, labels)
+            return
+        scaled = self.scaling(inputs).double()
+        for member in self._linear().values():
+            member.learn(scaled, labels)
+        self._warmup.append((inputs, labels))
+        if self.learned < WARMUP:
+            return
+        inputs = torch.cat([i for i, _ in self._warmup])
+        labels = torch.cat([label for _, label in self._warmup])
+        self._warmup = []
+        self._start(inputs)
         f = self._map(inputs).double()
-        for head in self.members.values():
-            head.learn(f, labels)
+        for member in self.members.values():
+            if not isinstance(member, OnlineLogistic):  # they learned these already
+                member.learn(f, labels)
 
-    def predictor(self) -> Predictor | None:
-        """What the heads have learned so far, to predict with (None before they are ready)."""
-        if not self.ready:
-            return None
+    def _linear(self) -> dict[str, OnlineLogistic]:
+        return {name: m for name, m in self.members.items() if isinstance(m, OnlineLogistic)}
+
+    def predictor(self) -> Predictor:
+        """What the members have learned so far, to predict with (before any label, the prior alone)."""
         fitted = self.scaling.weights()
+        scale = (self.scaling.mode, fitted["scaling.shift"], fitted["scaling.scale"])
+        if not self.ready:  # the feature map is not drawn yet: the members reading the scaled inputs alone
+            fits = {name: m.fit() for name, m in self._linear().items()} if self.learned else {}
+            heads = {name: (coef[:, : self.features], bias) for name, (coef, bias) in fits.items()}
+            return Predictor(
+                scale=scale, projection=None, heads=heads | {PRIOR: self.prior.fit(self.features)}
+            )
+        heads = {name: member.fit() for name, member in self.members.items()}
         return Predictor(
-            scale=(self.scaling.mode, fitted["scaling.shift"], fitted["scaling.scale"]),
-            projection=self._projection,
-            heads={name: head.fit() for name, head in self.members.items()},
+            scale=scale, projection=self._projection, heads=heads | {PRIOR: self.prior.fit(self.width)}
         )
 
     def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
-        """Each head's predicted label of each row of ``x`` (empty before the heads are ready)."""
-        predictor = self.predictor()
-        return predictor.predict(x) if predictor is not None and len(x) else {}
+        """Each member's predicted label of each row of ``x``."""
+        return self.predictor().predict(x) if len(x) else {}
 
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, meta) from which :meth:`restore` continues exactly."""
@@ -291,12 +255,15 @@ class Heads:
             tensors[f"warmup.{i}.x"], tensors[f"warmup.{i}.y"] = inputs.clone(), labels.clone()
         for name, head in self.members.items():
             tensors.update(head.state(f"head.{name}"))
+        tensors["prior.weight"] = self.prior.weight.clone()
         meta = {
             "format": FORMAT,
             "features": self.features,
             "classes": self.classes,
             "random_features": self.random_features,
-            "half_lives": [head.half_life for head in self.members.values()],
+            "half_lives": self._settings["half_lives"],
+            "linear": self._settings["linear"],
+            "restarting": self._settings["restarting"],
             "bandwidth": self.bandwidth,
             "started": self._started,
             "learned": self.learned,
@@ -313,7 +280,9 @@ class Heads:
             "features": self.features,
             "classes": self.classes,
             "random_features": self.random_features,
-            "half_lives": [head.half_life for head in self.members.values()],
+            "half_lives": self._settings["half_lives"],
+            "linear": self._settings["linear"],
+            "restarting": self._settings["restarting"],
         }
         differs = {key: (meta.get(key), value) for key, value in own.items() if meta.get(key) != value}
         if differs:
@@ -332,3 +301,4 @@ class Heads:
         learned = self.learned - sum(len(label) for _, label in self._warmup)
         for name, head in self.members.items():
             head.restore(f"head.{name}", tensors, learned)
+        self.prior.weight = tensors["prior.weight"].to(torch.float64).clone()

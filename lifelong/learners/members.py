@@ -1,0 +1,291 @@
+"""The online members' learners: each learns every label in closed form or one SGD step, no rounds.
+
+:class:`StreamingLDA` (a linear discriminant from exact, optionally decaying sums),
+:class:`RestartingLDA` (one that restarts its classes when its errors rise),
+:class:`OnlineLogistic` (SGD logistic regression on the scaled inputs) and
+:class:`PriorCounts` (the recent labels' most frequent class). Each takes the mapped
+features of :class:`~lifelong.learners.heads.Heads` and gives linear scores
+(coefficients over those features and a bias per class), so serving computes every
+member in one product; see :mod:`lifelong.learners.heads`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from river import drift
+
+SHRINK = 0.01  # the covariance is shrunk this far toward its average variance
+PRIOR_HALF_LIFE = 100  # labels: the prior member's class counts fade this fast
+
+
+class PriorCounts:
+    """The most frequent class of the recent labels (class 0 before any): what to answer with no model.
+
+    A member like any other: the vote trusts it only where it is right (a stream with
+    a dominant class), and it is what is served before the first labels have come.
+    """
+
+    def __init__(self, *, classes: int, half_life: int = PRIOR_HALF_LIFE) -> None:
+        self.decay = 0.5 ** (1.0 / half_life)
+        self.weight = torch.zeros(classes, dtype=torch.float64)
+
+    def learn(self, y: torch.Tensor) -> None:
+        n = len(y)
+        age = torch.arange(n - 1, -1, -1, dtype=torch.float64)
+        self.weight *= self.decay**n
+        self.weight.index_add_(0, y, self.decay**age)
+
+    def fit(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(len(self.weight), width), self.weight.float()
+
+
+class OnlineLogistic:
+    """Multinomial logistic regression on the scaled inputs, one SGD step per label (a constant rate).
+
+    The constant rate is its memory: it follows a gradually moving boundary the way
+    River's ``LogisticRegression`` does, where a discriminant of Gaussian classes
+    fits it less well.
+    """
+
+    def __init__(self, *, features: int, width: int, classes: int, rate: float) -> None:
+        self.features = features
+        self.width = width
+        self.rate = rate
+        self.coef = np.zeros((classes, features))
+        self.bias = np.zeros(classes)
+
+    def learn(self, f: torch.Tensor, y: torch.Tensor) -> None:
+        """One step per row of the scaled inputs (the first ``features`` columns of ``f``), oldest first."""
+        z = f[:, : self.features].numpy()
+        labels = y.numpy()
+        coef, bias, rate = self.coef, self.bias, self.rate
+        for row, label in zip(z, labels, strict=True):
+            scores = coef @ row + bias
+            p = np.exp(scores - scores.max())
+            p /= p.sum()
+            p[label] -= 1.0
+            coef -= rate * np.outer(p, row)
+            bias -= rate * p
+
+    def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        coef = torch.zeros(len(self.bias), self.width)
+        coef[:, : self.features] = torch.from_numpy(self.coef).float()
+        return coef, torch.from_numpy(self.bias).float()
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {
+            f"{prefix}.coef": torch.from_numpy(self.coef.copy()),
+            f"{prefix}.bias": torch.from_numpy(self.bias.copy()),
+        }
+
+    def restore(self, prefix: str, tensors: dict[str, torch.Tensor], learned: int) -> None:
+        for name in ("coef", "bias"):
+            value = tensors[f"{prefix}.{name}"].to(torch.float64).numpy()
+            if value.shape != getattr(self, name).shape:
+                raise ValueError(
+                    f"{prefix}.{name} has shape {value.shape}, the member needs {getattr(self, name).shape}"
+                )
+            setattr(self, name, value.copy())
+
+
+class StreamingLDA:
+    """Class means and a shared covariance as decayed exact sums; predicts by the linear discriminant.
+
+    ``half_life`` 0: every sample counts forever (streaming LDA). Else a sample's
+    weight halves after ``half_life`` newer labels, except that a class's mean and
+    weight do not fade while it is absent (the fading across a gap in its labels
+    stops at one half-life): a class not seen for a while is not a class that
+    changed, so it keeps what it was when last seen (a class-incremental stream
+    forgets no class), while a class whose samples move is followed as they come.
+    """
+
+    def __init__(self, *, width: int, classes: int, half_life: int = 0) -> None:
+        self.width = width
+        self.classes = classes
+        self.half_life = half_life
+        self.decay = 0.5 ** (1.0 / half_life) if half_life else 1.0
+        self.weight = torch.zeros(classes, dtype=torch.float64)  # per class: sum of sample weights
+        self.sums = torch.zeros(classes, width, dtype=torch.float64)  # per class: weighted sum of features
+        self.outer = torch.zeros(width, width, dtype=torch.float64)  # weighted sum of x x^T
+        # Each class's weight and sum decayed by its own labels (the means' and priors'); the same as
+        # weight and sums when nothing decays.
+        self.class_weight = self.weight.clone()
+        self.class_sums = self.sums.clone()
+        self.last_seen = torch.zeros(classes, dtype=torch.float64)  # label count at each class's last label
+        self.learned = 0
+        self._fitted: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fitted_at = -1
+
+    def learn(self, f: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a batch of feature rows ``f`` (float64) with labels ``y``, oldest first."""
+        n = len(y)
+        if not n:
+            return
+        if self.decay < 1.0:
+            age = torch.arange(n - 1, -1, -1, dtype=torch.float64)
+            w = self.decay**age
+            fade = self.decay**n
+            self.weight *= fade
+            self.sums *= fade
+            self.outer *= fade
+            for c in torch.unique(y).tolist():
+                at = torch.nonzero(y == c).flatten()  # positions in the batch, oldest first
+                first, last = self.learned + int(at[0]), self.learned + int(at[-1])
+                gap = min(first - float(self.last_seen[c]), self.half_life)
+                fade_c = self.decay ** (gap + last - first)
+                own = w[at] / w[at[-1]]  # ages counted from the class's own last label
+                self.class_weight[c] = self.class_weight[c] * fade_c + own.sum()
+                self.class_sums[c] = self.class_sums[c] * fade_c + own @ f[at]
+                self.last_seen[c] = last
+        else:
+            w = torch.ones(n, dtype=torch.float64)
+        self.weight.index_add_(0, y, w)
+        self.sums.index_add_(0, y, f * w[:, None])
+        self.outer += (f * w[:, None]).T @ f
+        if self.decay == 1.0:
+            self.class_weight.index_add_(0, y, w)
+            self.class_sums.index_add_(0, y, f * w[:, None])
+        self.learned += n
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """Classes learned (a class keeps its weight while it is absent)."""
+        return self.class_weight > 1e-12
+
+    def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminant (coefficients, classes x width, and biases; float32) of what was learned.
+
+        Solved again only after new samples (its cost is cubic in ``width``).
+        """
+        if self._fitted is None or self._fitted_at != self.learned:
+            self._fitted, self._fitted_at = self._solve(), self.learned
+        return self._fitted
+
+    def _solve(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # The covariance: the scatter of the (decayed) samples around their (equally decayed) class means.
+        recent = self.weight > 1e-12
+        total = float(self.weight.sum())
+        centers = self.sums[recent] / self.weight[recent, None]
+        within = (self.outer - centers.T @ self.sums[recent]) / max(total, 1e-12)
+        within = (within + within.T) / 2
+        average = float(torch.diagonal(within).mean().clamp(min=0.0))
+        within = (1 - SHRINK) * within
+        within.diagonal().add_(SHRINK * average + 1e-6)
+        seen = self.seen
+        means = torch.zeros_like(self.class_sums)
+        means[seen] = self.class_sums[seen] / self.class_weight[seen, None]
+        coef = torch.linalg.solve(within, means.T).T  # classes x width
+        prior = torch.log((self.class_weight / self.class_weight.sum().clamp(min=1e-12)).clamp(min=1e-12))
+        bias = -0.5 * (coef * means).sum(1) + prior
+        bias[~seen] = -math.inf
+        return coef.float(), bias.float()
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {
+            f"{prefix}.{name}": getattr(self, name).clone()
+            for name in ("weight", "sums", "outer", "class_weight", "class_sums", "last_seen")
+        }
+
+    def restore(self, prefix: str, tensors: dict[str, torch.Tensor], learned: int) -> None:
+        for name in ("weight", "sums", "outer", "class_weight", "class_sums", "last_seen"):
+            value = tensors[f"{prefix}.{name}"].to(torch.float64)
+            if value.shape != getattr(self, name).shape:
+                raise ValueError(
+                    f"{prefix}.{name} has shape {tuple(value.shape)}, the head needs "
+                    f"{tuple(getattr(self, name).shape)}"
+                )
+            setattr(self, name, value.clone())
+        self.learned = learned
+        self._fitted, self._fitted_at = None, -1
+
+
+class RestartingLDA:
+    """A streaming LDA that never forgets until its own errors say the world changed, then restarts.
+
+    It predicts each batch before learning it and feeds its errors to ADWIN (river's
+    adaptive window). When ADWIN finds the error rate has risen, the classes among the
+    last ``keep`` labels are marked: each restarts its mean and weight from the labels
+    after the cut ADWIN found as soon as one of them is of that class (at once for those
+    already there). A class that does not come back keeps its own: absent is not
+    changed (a class-incremental stream loses no class to a new task's errors). The
+    covariance keeps all it learned (a change moves the classes; how samples spread
+    around their class is estimated from all of them, where the few labels since the
+    change would estimate it badly). Between changes it weighs every label alike, the
+    best a head can do on a stable concept; after an abrupt change it drops the old
+    concept as soon as its labels come, where a decaying head needs a few half-lives.
+
+    ADWIN's window is not saved: after a restart of the daemon it starts empty.
+    """
+
+    def __init__(self, *, width: int, classes: int, keep: int = 1000, delta: float = 0.002) -> None:
+        self.width = width
+        self.classes = classes
+        self.keep = keep
+        self.delta = delta
+        self.lda = StreamingLDA(width=width, classes=classes)
+        self.detector = drift.ADWIN(delta=delta)
+        self.recent_f = torch.zeros(0, width)  # the last ``keep`` rows learned, float32
+        self.recent_y = torch.zeros(0, dtype=torch.int64)
+        self.pending = torch.zeros(classes, dtype=torch.bool)  # classes to restart when they come
+        self.cut = 0  # the label count at the last change found
+        self.restarts = 0
+
+    @property
+    def learned(self) -> int:
+        return self.lda.learned
+
+    def learn(self, f: torch.Tensor, y: torch.Tensor) -> None:
+        if not len(y):
+            return
+        changed = False
+        if bool(self.lda.seen.any()):
+            coef, bias = self.lda.fit()
+            wrong = (torch.addmm(bias, f.float(), coef.T).argmax(1) != y).tolist()
+            for error in wrong:
+                self.detector.update(float(error))
+                changed = changed or self.detector.drift_detected
+        self.recent_f = torch.cat([self.recent_f, f.float()])[-self.keep :]
+        self.recent_y = torch.cat([self.recent_y, y])[-self.keep :]
+        self.lda.learn(f, y)
+        if changed:
+            self.cut = self.lda.learned - min(int(self.detector.width), len(self.recent_y))
+            self.pending = torch.zeros(self.classes, dtype=torch.bool)
+            self.pending[self.recent_y] = True
+            self.restarts += 1
+        if not bool(self.pending.any()):
+            return
+        since = min(self.lda.learned - self.cut, len(self.recent_y))
+        labels = self.recent_y[-since:] if since else self.recent_y[:0]
+        weight = torch.zeros_like(self.lda.class_weight).index_add_(
+            0, labels, torch.ones(since, dtype=torch.float64)
+        )
+        back = self.pending & (weight > 0)  # marked classes that have come since the change
+        if bool(back.any()):
+            sums = torch.zeros_like(self.lda.class_sums).index_add_(
+                0, labels, self.recent_f[-since:].double()
+            )
+            self.lda.class_weight[back] = weight[back]
+            self.lda.class_sums[back] = sums[back]
+            self.pending &= ~back
+
+    def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lda.fit()
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return self.lda.state(prefix) | {
+            f"{prefix}.recent_f": self.recent_f.clone(),
+            f"{prefix}.recent_y": self.recent_y.clone(),
+            f"{prefix}.pending": self.pending.clone(),
+            f"{prefix}.cut": torch.tensor([self.cut], dtype=torch.int64),
+        }
+
+    def restore(self, prefix: str, tensors: dict[str, torch.Tensor], learned: int) -> None:
+        self.lda.restore(prefix, tensors, learned)
+        self.recent_f = tensors[f"{prefix}.recent_f"].float().clone()
+        self.recent_y = tensors[f"{prefix}.recent_y"].to(torch.int64).clone()
+        self.pending = tensors[f"{prefix}.pending"].to(torch.bool).clone()
+        self.cut = int(tensors[f"{prefix}.cut"][0])
+        self.detector = drift.ADWIN(delta=self.delta)
