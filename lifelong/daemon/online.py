@@ -14,7 +14,11 @@ every member (each head, and the network serving) predicts those samples and
 the ensemble's weights are scored on them: test, then train, at the moment the
 label arrives. Scoring the predictions made when the samples arrived would
 judge each member as it was a label delay ago (after a change, the head that
-has already adapted would go unrecognised for that long). The heads' state and the
+has already adapted would go unrecognised for that long). The held-out samples
+among the events are kept per class, and every member is also scored on those of
+the classes absent lately (:class:`~lifelong.learners.ensemble.AbsentClasses`), so
+a member that forgot them is not trusted for being right on the newest classes.
+While the members are young they learn in small batches, each scored first. The heads' state and the
 Hedge weights are written to ``state/heads/heads.safetensors`` (atomically,
 with the last label event learned) every ``save_every`` labels and at shutdown;
 a restart replays the events after that one, so the heads continue exactly. The
