@@ -267,3 +267,12 @@ def test_the_daemons_heads_keep_held_out_samples_of_absent_classes_across_a_rest
         again.load()
         assert again.absent.absent().tolist() == [0, 1, 2, 3]
         assert again.weights(["lda", "lda_100", "prior"]) == pytest.approx(weights)
+
+
+def test_without_a_discriminant_head_no_random_features_are_computed() -> None:
+    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[], linear=[0.05], random_features=256)
+    x, y = blobs(300, 50)
+    heads.learn(x, y)
+    predictor = heads.predictor()
+    assert predictor.projection is None and heads.width == FEATURES
+    assert accuracy(heads.predict(x)["linear_0.05"], y) >= 0.9

@@ -124,7 +124,9 @@ class Heads:
             raise ValueError(f"linear learning rates must be distinct and > 0, got {list(linear)}")
         self.features = features
         self.classes = classes
-        self.random_features = random_features
+        # Only the discriminant heads read the random features: without one the map is not drawn, and
+        # serving (on the ingestion path) does not compute it.
+        self.random_features = random_features if half_lives or restarting else 0
         self.seed = seed
         self._settings: dict[str, Any] = {
             "features": features,
@@ -139,7 +141,7 @@ class Heads:
         }
         low, high = scaling_range
         self.scaling = Scaling(mode=scaling, low=low, high=high)
-        self.width = features + random_features
+        self.width = features + self.random_features
         self.members: dict[str, StreamingLDA | RestartingLDA | OnlineLogistic] = {
             head_name(h): StreamingLDA(width=self.width, classes=classes, half_life=h) for h in half_lives
         }
