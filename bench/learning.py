@@ -112,7 +112,7 @@ def run_lifelong(
         for task in sc.tasks:
             for chunk in chunks(task, round_size):
                 # As the daemon's heads follow the labels: each member is scored on them, then the
-                # heads learn them (the gate's held-out samples apart), then a round may run.
+                # heads learn them (the gate's held-out samples too), then a round may run.
                 for part in chunks(chunk, 100):
                     predicted = heads.predict(part.x)
                     if trainer.champion is not None:
@@ -127,8 +127,7 @@ def run_lifelong(
                         if trainer.champion is not None:
                             predicted["network"] = trainer.champion.predict(px)
                         hedge.score_predictions(predicted, py, weights=weights * len(part.y))
-                    train, _ = trainer.split(part)
-                    heads.learn(train.x, train.y)
+                    heads.learn(part.x, part.y)
                 memory.add(chunk.ids, chunk.x, chunk.y)
                 new = _joined([*waiting, chunk])
                 _, held = trainer.split(chunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,59 @@ def test_the_restarting_head_drops_an_old_concept_once_its_errors_rise() -> None
     assert accuracy(predicted["lda_restart"], expected) >= 0.9
     assert accuracy(predicted["lda_restart"][test_y == 4], expected[test_y == 4]) >= 0.9  # kept
     assert accuracy(predicted["lda"], expected) < 0.8  # 3,000 labels of the old concept outweigh 300
+
+
+def spread(n: int, seed: int, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes apart along ``axis`` (by 4), spread widely (sd 6) along the other feature."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 2)) * np.where(np.arange(2) == axis, 1.0, 6.0)
+    x[:, axis] += 4.0 * y
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+@pytest.mark.parametrize("carried", [100.0, math.inf])
+def test_the_restarting_heads_covariance_restarts_with_the_concept(carried: float) -> None:
+    # The classes' spread turns with the concept: the old scatter would misplace the new boundary.
+    head = RestartingLDA(width=2, classes=2, carried=carried)
+    for seed in range(20):
+        head.learn(*spread(100, seed, axis=0))
+    for seed in range(20, 26):
+        head.learn(*spread(50, seed, axis=1))
+    x, y = spread(1000, 99, axis=1)
+    coef, bias = head.fit()
+    right = accuracy((x.float() @ coef.T + bias).argmax(1).numpy(), y.numpy())
+    assert head.restarts >= 1
+    if carried == math.inf:  # the control: keeping all the old scatter
+        assert right < 0.8
+    else:
+        assert right >= 0.9
+
+
+def test_the_restarting_head_does_not_restart_when_its_errors_fall() -> None:
+    head = RestartingLDA(width=2, classes=2)
+    for seed in range(20):
+        head.learn(*spread(100, seed, axis=0))
+    for seed in range(20, 60):  # the errors rise at the change, then fall once it has restarted
+        x, y = spread(100, seed, axis=0)
+        head.learn(x, 1 - y)
+    assert head.restarts == 1
+
+
+def test_the_daemons_heads_take_a_backlog_in_steps_each_scored_first(tmp_path: Path) -> None:
+    x, y = blobs(1400, 13)
+    with SampleStore.open(tmp_path / "store") as store:
+        fill(store, x[:1000], y[:1000], 0)
+        online = online_at(store, tmp_path / "heads")
+        online.batch = 4096
+        online.observed(store.last_label_event())
+        online.catch_up()
+        steps: list[int] = []
+        online.on_learned = steps.append
+        fill(store, x[1000:], y[1000:], 1000)
+        online.observed(store.last_label_event())
+        assert online.catch_up() == 400
+        assert steps == [100, 100, 100, 100]  # the vote sees a member adapt within the backlog
 
 
 def test_a_decaying_head_keeps_a_class_that_is_only_absent() -> None:
@@ -195,7 +249,7 @@ def test_the_daemons_heads_follow_the_store_and_restart_exactly(tmp_path: Path) 
         assert online.catch_up() == 0  # no sample predicted yet: its label waits (test, then train)
         online.observed(store.last_label_event())
         assert online.catch_up() == 500
-        assert online.heads.learned == 450  # the gate's held-out samples are not learned
+        assert online.heads.learned == 500  # the gate's held-out samples too: the gate judges the network
         online.save()
         fill(store, x[500:], y[500:], 500)
         online.observed(store.last_label_event())

@@ -184,3 +184,19 @@ def test_a_young_model_grows_in_rounds_too_small_to_judge_and_then_defers(
             updater.run_round()
         assert updater.pending() == 100 and updater.serving == 2
         memory.close()
+
+
+def test_a_round_trains_only_on_labels_the_served_vote_has_scored(config: Path, clean_env: None) -> None:
+    settings = load_settings(config, environ={"LIFELONG_LEARNER__GATE_MAX_MARGIN": "1"})
+    with open_store(settings) as store:
+        memory = open_memory(settings)
+        updater = build_updater(settings, store=store, memory=memory, feed=None)
+        scored = 0
+        updater.scored = lambda: scored
+        feed_samples(store, np.arange(300), Y[:300], start=0)
+        assert updater.run_round() is None  # the vote has judged none of them: test, then train
+        scored = 200
+        assert updater.run_round() is not None and updater.cursor == 200
+        scored = 300
+        assert updater.run_round() is not None and updater.cursor == 300
+        memory.close()

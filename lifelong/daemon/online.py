@@ -3,8 +3,10 @@
 A thread of their own follows the sample store's label events as the memory
 does: woken (:meth:`OnlineMembers.notify`) when ingestion is idle, and at most
 every ``follow_interval_s`` while it is busy, it hands the events stored since
-its last pass to the heads (the gate's held-out samples excepted, as for the
-network), so a label counts in the predictions made from then on. It takes only
+its last pass to the heads, so a label counts in the predictions made from then
+on. (The heads learn the gate's held-out samples too: the gate judges network
+versions, never the heads, and a head that forgets is seen failing the held-out
+samples it once learned as surely as those it never saw.) It takes only
 events whose samples have been predicted already (:meth:`OnlineMembers.observed`):
 test, then train. Ingestion never waits for it, and it runs at a lower CPU
 priority (nice 19, on Linux): under a burst the heads fall behind (the
@@ -14,7 +16,11 @@ every member (each head, and the network serving) predicts those samples and
 the ensemble's weights are scored on them: test, then train, at the moment the
 label arrives. Scoring the predictions made when the samples arrived would
 judge each member as it was a label delay ago (after a change, the head that
-has already adapted would go unrecognised for that long). The held-out samples
+has already adapted would go unrecognised for that long). For the same reason
+what waits is taken in a few batches, each scored before it is learned (a head
+that restarts within a backlog is seen right on the rest of it), and the
+updater's rounds train only on labels the vote has scored, so the network is
+judged on every label before it trains on it. The held-out samples
 among the events are kept per class, and every member is also scored on those of
 the classes absent lately (:class:`~lifelong.learners.ensemble.AbsentClasses`), so
 a member that forgot them is not trusted for being right on the newest classes.
@@ -57,6 +63,7 @@ log = logging.getLogger(__name__)
 FORMAT = 2
 FILE = "heads.safetensors"
 NICE = 19  # the follower thread's niceness: under load it gets what ingestion leaves
+STEPS = 4  # the labels waiting are learned in at least this many batches, each scored first
 
 
 class OnlineMembers:
@@ -108,6 +115,7 @@ class OnlineMembers:
         self._guard = threading.Lock()  # the heads and weights: learning (follower) against saving, voting
         self._predictor: Predictor = heads.predictor()  # what serving predicts with: replaced after each pass
         self._observed = 0  # the last label event whose sample has been predicted
+        self._progress = threading.Condition()  # notified as the cursor moves
         self._wake = threading.Event()
         self._wake.set()  # the first pass catches up with what was stored before the start
         self._stop = threading.Event()
@@ -127,6 +135,20 @@ class OnlineMembers:
     def observed(self, upto: int) -> None:
         """The samples of label events up to ``upto`` have been predicted: the heads may learn them."""
         self._observed = max(self._observed, upto)
+
+    def scored_upto(self, timeout: float = 30.0) -> int:
+        """The last label event the vote has scored, once it has scored those observed so far.
+
+        What an update round may train on (test, then train). Waits at most ``timeout`` seconds
+        for the follower, and not at all when it is not running.
+        """
+        target = self._observed
+        self.notify()
+        with self._progress:
+            self._progress.wait_for(
+                lambda: self.cursor >= target or self._thread is None or self._stop.is_set(), timeout
+            )
+            return self.cursor
 
     def close(self) -> None:
         """Stop following (after the pass under way) and save."""
@@ -171,11 +193,14 @@ class OnlineMembers:
         (the last one it trained on). Returns how many events were read.
         """
         read = 0
+        # Each batch is scored before it is learned, so the vote sees a member adapt only from the
+        # next batch on: what waits is taken in at least STEPS batches (of WARMUP or more), and while
+        # the members are young in batches no larger than what they learned (32, 32, 64, 128, ...),
+        # so the vote learns whom to trust from the first labels on.
+        step = min(self.batch, max(WARMUP, -(-(self._observed - self.cursor) // STEPS)))
         while self.cursor < self._observed and not self._stop.is_set():  # closing: what is learned is saved
             with self.lock:
-                # While the members are young, smaller batches: each is scored before it is learned,
-                # so the vote learns whom to trust from the first labels on (32, 32, 64, 128, ...).
-                size = min(self.batch, max(WARMUP, self.heads.learned), self._observed - self.cursor)
+                size = min(step, max(WARMUP, self.heads.learned), self._observed - self.cursor)
                 events = self.store.label_events(self.cursor, size)
             events = [e for e in events if e[0] <= self._observed]
             if not events:
@@ -185,16 +210,20 @@ class OnlineMembers:
             recent = slice(-self.score_most, None)  # the weights need recent evidence only
             fresh = [e[0] > network_trained_upto for e in events[recent]]
             self._score(network, x[recent], y[recent], fresh)
-            kept = np.fromiter((not self.held_out(e[1]) for e in events), bool, len(events))
+            held = np.fromiter((self.held_out(e[1]) for e in events), bool, len(events))
             with self._guard:
-                self.absent.observe(x, y, held=~kept)
+                self.absent.observe(x, y, held=held)
                 probe = self.absent.probes()
             if probe is not None:
                 self._score_absent(network, *probe, scored=len(y[recent]))
             with self._guard:
-                self.heads.learn(x[kept], y[kept])
-                self.cursor = events[-1][0]
+                self.heads.learn(x, y)
+            # Serving takes the new predictor before the events count as learned: whoever waits for
+            # the heads to catch up (behind() == 0) then gets predictions that know these labels.
             self._predictor = self.heads.predictor()
+            with self._progress:
+                self.cursor = events[-1][0]
+                self._progress.notify_all()
             read += len(events)
             self._unsaved += len(events)
             if self.on_learned is not None:
@@ -222,7 +251,7 @@ class OnlineMembers:
         *,
         scored: int,
     ) -> None:
-        """Score the members on held-out samples of the absent classes (they were never trained on)."""
+        """Score the members on held-out samples of the absent classes (the network never trains on them)."""
         predicted = self.predict(x)
         if network is not None:
             predicted["network"] = network.predict(x)

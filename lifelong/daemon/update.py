@@ -113,6 +113,11 @@ class Updater:
         self.config = config or {}
         self.before_round = before_round
         self.trust = trust
+        # The last label event the served vote has scored, once it has scored what was predicted (the
+        # online members set it): a round trains only on labels every member was judged on first (test,
+        # then train), so the vote never keeps trusting a network for what it did before labels it
+        # then trained on unjudged.
+        self.scored: Callable[[], int] | None = None
         # Held while the round reads the store and the memory, which the consumer thread writes.
         self.lock = lock if lock is not None else threading.RLock()
         self._swap = threading.RLock()  # the served champion changes under it (rounds, rollbacks)
@@ -238,8 +243,9 @@ class Updater:
             return None
         if self.trust is not None:  # relabels the champion or the memory now corroborate join this round
             self.trust.review(self.trainer.champion, lock=self.lock)
+        upto = self.scored() if self.scored is not None else None  # waits for the vote: not under the lock
         with self.lock:
-            data = self._gather()
+            data = self._gather(upto)
         if data is None:
             return None
         parent = self._serving
@@ -323,9 +329,11 @@ class Updater:
         with self._swap:
             return self._serving, self._predecessor
 
-    def _gather(self) -> _RoundData | None:
-        """What a round reads from the store and the memory (under the state lock)."""
+    def _gather(self, upto: int | None) -> _RoundData | None:
+        """What a round reads from the store (label events up to ``upto``) and the memory, under the lock."""
         events = self.store.label_events(self._cursor, self.max_round_samples)
+        if upto is not None:
+            events = [e for e in events if e[0] <= upto]
         if not events:
             return None
         first, last = events[0][0], events[-1][0]

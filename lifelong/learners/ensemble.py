@@ -146,7 +146,7 @@ class AbsentClasses:
         self.filled = np.zeros(classes, dtype=np.int64)  # held-out samples kept per class (ring buffers)
 
     def observe(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], held: np.ndarray[Any, Any]) -> None:
-        """Labeled rows, oldest first; the ``held`` ones (never learned by any member) are kept."""
+        """Labeled rows, oldest first; the ``held`` ones (the gate's: no version trains on them) are kept."""
         y = np.asarray(y, dtype=np.int64)
         positions = self.seen + np.arange(1, len(y) + 1)
         np.add.at(self.count, y, 1)

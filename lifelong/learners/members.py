@@ -150,6 +150,10 @@ class StreamingLDA:
             self.class_sums.index_add_(0, y, f * w[:, None])
         self.learned += n
 
+    def invalidate(self) -> None:
+        """The sums were changed in place: solve the discriminant again at the next :meth:`fit`."""
+        self._fitted, self._fitted_at = None, -1
+
     @property
     def seen(self) -> torch.Tensor:
         """Classes learned (a class keeps its weight while it is absent)."""
@@ -206,27 +210,40 @@ class RestartingLDA:
     """A streaming LDA that never forgets until its own errors say the world changed, then restarts.
 
     It predicts each batch before learning it and feeds its errors to ADWIN (river's
-    adaptive window). When ADWIN finds the error rate has risen, the classes among the
-    last ``keep`` labels are marked: each restarts its mean and weight from the labels
-    after the cut ADWIN found as soon as one of them is of that class (at once for those
-    already there). A class that does not come back keeps its own: absent is not
-    changed (a class-incremental stream loses no class to a new task's errors). The
-    covariance keeps all it learned (a change moves the classes; how samples spread
-    around their class is estimated from all of them, where the few labels since the
-    change would estimate it badly). Between changes it weighs every label alike, the
-    best a head can do on a stable concept; after an abrupt change it drops the old
+    adaptive window, checked every ``clock`` labels). When ADWIN finds the error rate
+    has risen, the classes among the last ``keep`` labels are marked: each restarts its
+    mean and weight from the labels after the cut ADWIN found as soon as one of them is
+    of that class (at once for those already there). A class that does not come back
+    keeps its own: absent is not changed (a class-incremental stream loses no class to
+    a new task's errors). The shared covariance restarts too, from the labels after the
+    cut, with what it had learned before kept as a prior worth ``carried`` samples: a
+    change of concept reshapes the classes (their spread around their means with them),
+    so the old scatter would misplace the new boundary, while the first few labels after
+    a change alone would estimate it badly. Between changes it weighs every label alike,
+    the best a head can do on a stable concept; after an abrupt change it drops the old
     concept as soon as its labels come, where a decaying head needs a few half-lives.
 
     ADWIN's window is not saved: after a restart of the daemon it starts empty.
     """
 
-    def __init__(self, *, width: int, classes: int, keep: int = 1000, delta: float = 0.002) -> None:
+    def __init__(
+        self,
+        *,
+        width: int,
+        classes: int,
+        keep: int = 1000,
+        delta: float = 0.002,
+        clock: int = 8,
+        carried: float = 100.0,
+    ) -> None:
         self.width = width
         self.classes = classes
         self.keep = keep
         self.delta = delta
+        self.clock = clock
+        self.carried = carried
         self.lda = StreamingLDA(width=width, classes=classes)
-        self.detector = drift.ADWIN(delta=delta)
+        self.detector = drift.ADWIN(delta=delta, clock=clock)
         self.recent_f = torch.zeros(0, width)  # the last ``keep`` rows learned, float32
         self.recent_y = torch.zeros(0, dtype=torch.int64)
         self.pending = torch.zeros(classes, dtype=torch.bool)  # classes to restart when they come
@@ -245,8 +262,10 @@ class RestartingLDA:
             coef, bias = self.lda.fit()
             wrong = (torch.addmm(bias, f.float(), coef.T).argmax(1) != y).tolist()
             for error in wrong:
+                before = self.detector.estimation
                 self.detector.update(float(error))
-                changed = changed or self.detector.drift_detected
+                # A change for the better (the errors fell) is no reason to restart.
+                changed = changed or (self.detector.drift_detected and self.detector.estimation > before)
         self.recent_f = torch.cat([self.recent_f, f.float()])[-self.keep :]
         self.recent_y = torch.cat([self.recent_y, y])[-self.keep :]
         self.lda.learn(f, y)
@@ -255,6 +274,7 @@ class RestartingLDA:
             self.pending = torch.zeros(self.classes, dtype=torch.bool)
             self.pending[self.recent_y] = True
             self.restarts += 1
+            self._restart_scatter()
         if not bool(self.pending.any()):
             return
         since = min(self.lda.learned - self.cut, len(self.recent_y))
@@ -270,6 +290,22 @@ class RestartingLDA:
             self.lda.class_weight[back] = weight[back]
             self.lda.class_sums[back] = sums[back]
             self.pending &= ~back
+
+    def _restart_scatter(self) -> None:
+        """The covariance's sums from the labels after the cut, what came before worth ``carried`` samples."""
+        lda = self.lda
+        since = min(lda.learned - self.cut, len(self.recent_y))
+        f = self.recent_f[len(self.recent_f) - since :].double()
+        y = self.recent_y[len(self.recent_y) - since :]
+        weight = torch.zeros_like(lda.weight).index_add_(0, y, torch.ones(since, dtype=torch.float64))
+        sums = torch.zeros_like(lda.sums).index_add_(0, y, f)
+        outer = f.T @ f
+        before = float(lda.weight.sum()) - since
+        keep = min(1.0, self.carried / before) if before > 0 else 0.0
+        lda.weight = (lda.weight - weight) * keep + weight
+        lda.sums = (lda.sums - sums) * keep + sums
+        lda.outer = (lda.outer - outer) * keep + outer
+        lda.invalidate()
 
     def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lda.fit()
@@ -288,4 +324,4 @@ class RestartingLDA:
         self.recent_y = tensors[f"{prefix}.recent_y"].to(torch.int64).clone()
         self.pending = tensors[f"{prefix}.pending"].to(torch.bool).clone()
         self.cut = int(tensors[f"{prefix}.cut"][0])
-        self.detector = drift.ADWIN(delta=self.delta)
+        self.detector = drift.ADWIN(delta=self.delta, clock=self.clock)
