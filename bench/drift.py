@@ -34,7 +34,12 @@ The baselines, in the same run on the same stream and the same delay: River's
 ``preprocessing.StandardScaler() | linear_model.LogisticRegression()``
 (one-vs-rest for more than two classes). Each predicts a sample on arrival
 (``predict_one``) and learns it (``learn_one``) when its label arrives,
-``--delay`` samples later.
+``--delay`` samples later, and knows what the daemon knows when it predicts:
+the samples of a chunk are predicted before the labels produced with them are
+learned (the daemon receives them together, so its effective delay is
+``--delay`` to ``--delay + --chunk - 1``, and so is River's).
+``--per-sample-baselines`` lets River learn every label before the next sample
+instead (it then knows up to ``--chunk - 1`` more labels than the daemon).
 
 Streams (River's generators, seeded; a few features of the synthetic ones are
 multiplied by 1e3-1e5 to mimic raw units, the same values for River and the
@@ -465,7 +470,14 @@ def wins(lifelong: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict
 
 
 def bench_stream(
-    name: str, seeds: Sequence[int], *, delay: int, round_labels: int, chunk: int, quick: bool
+    name: str,
+    seeds: Sequence[int],
+    *,
+    delay: int,
+    round_labels: int,
+    chunk: int,
+    quick: bool,
+    baseline_chunk: int,
 ) -> dict[str, Any]:
     streams = [make_stream(name, seed, quick=quick) for seed in seeds]
     runs, lifelong_scores = [], []
@@ -476,7 +488,7 @@ def bench_stream(
         runs.append(run)
         lifelong_scores.append(score(run.predicted, stream))
         for model in BASELINES:
-            predicted, seconds = run_river(model, stream, delay=delay, seed=seed)
+            predicted, seconds = run_river(model, stream, delay=delay, seed=seed, chunk=baseline_chunk)
             river_scores[model].append(score(predicted, stream, daemon=run.predicted))
             river_seconds[model] += seconds
         print(
@@ -549,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk", type=int, default=100, help="samples produced before the daemon catches up"
     )
+    parser.add_argument(
+        "--per-sample-baselines",
+        action="store_true",
+        help="River learns every label before the next sample (default: per chunk, as the daemon sees them)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny streams, for a test")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     parser.add_argument("--verbose", action="store_true", help="the daemon's INFO log on stderr")
@@ -570,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         "delay": delay,
         "round": round_labels,
         "chunk": args.chunk,
+        "baselines_learn": "per sample" if args.per_sample_baselines else "per chunk",
         "seeds": seeds,
         "quick": args.quick,
         "baseline_models": BASELINES,
@@ -578,7 +596,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in names:
         result["streams"][name] = bench_stream(
-            name, seeds, delay=delay, round_labels=round_labels, chunk=args.chunk, quick=args.quick
+            name,
+            seeds,
+            delay=delay,
+            round_labels=round_labels,
+            chunk=args.chunk,
+            quick=args.quick,
+            baseline_chunk=1 if args.per_sample_baselines else args.chunk,
         )
     result["wins_all"] = all(s["wins"] for s in result["streams"].values())
     result["seconds"] = round(time.monotonic() - started, 1)

@@ -163,18 +163,26 @@ def river_model(name: str, classes: int, seed: int) -> Any:
     raise ValueError(f"no baseline {name!r}")
 
 
-def run_river(name: str, stream: Stream, *, delay: int, seed: int) -> tuple[np.ndarray[Any, Any], float]:
-    """Predict each sample on arrival, learn it ``delay`` samples later; the predictions (-1: none)."""
+def run_river(
+    name: str, stream: Stream, *, delay: int, seed: int, chunk: int = 1
+) -> tuple[np.ndarray[Any, Any], float]:
+    """Predict samples on arrival, learn each label ``delay`` samples later; the predictions (-1: none).
+
+    With ``chunk`` > 1 the model knows what the daemon knows when it predicts: the samples of
+    each chunk are predicted before the labels that arrive with them are learned.
+    """
     started = time.monotonic()
     model = river_model(name, stream.classes, seed)
     binary = stream.classes == 2
     rows = [dict(enumerate(map(float, row))) for row in stream.x]
     labels: list[Any] = [bool(y) for y in stream.y] if binary else [int(y) for y in stream.y]
     predicted = np.full(len(rows), -1, dtype=np.int64)
-    for i, x in enumerate(rows):
-        guess = model.predict_one(x)
-        if guess is not None:
-            predicted[i] = int(guess)
-        if i >= delay:
-            model.learn_one(rows[i - delay], labels[i - delay])
+    for start in range(0, len(rows), chunk):
+        end = min(start + chunk, len(rows))
+        for i in range(start, end):
+            guess = model.predict_one(rows[i])
+            if guess is not None:
+                predicted[i] = int(guess)
+        for j in range(max(0, start - delay), max(0, end - delay)):
+            model.learn_one(rows[j], labels[j])
     return predicted, time.monotonic() - started

@@ -93,3 +93,16 @@ def test_drift_bench_quick_scores_the_daemon_and_every_river_baseline() -> None:
         assert lifelong["versions"]["promoted"]["mean"] >= 1
         versions = lifelong["runs"][0]["versions"]
         assert versions and all(v["reason"] and v["decision"] in ("promoted", "rejected") for v in versions)
+
+
+def test_river_baselines_know_what_the_daemon_knows_when_it_predicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from drift_streams import make_stream, run_river
+
+    stream = make_stream("sine", 0, quick=True)
+    # ARF predicts nothing before its first label: which samples it predicted shows when it learned.
+    per_chunk, _ = run_river("arf", stream, delay=5, seed=0, chunk=10)
+    per_sample, _ = run_river("arf", stream, delay=5, seed=0)
+    assert (per_chunk[:10] == -1).all()  # the labels of samples 0-4 came with samples 5-9: learned after
+    assert (per_chunk[10:] >= 0).all()
+    assert (per_sample[:6] == -1).all() and (per_sample[6:] >= 0).all()  # label 0 learned before sample 6
