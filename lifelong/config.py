@@ -168,6 +168,10 @@ class LearnerSettings(_Section):
     # A head that never forgets until its own errors rise (river's ADWIN), then restarts from the labels
     # after the change (classes absent from them keep their means): it drops an old concept at once.
     restarting_head: bool = True
+    # The restarting head runs once per bandwidth of its random features, as a multiple of the median
+    # distance between the first samples (1.0: the map the other heads read). A narrower map draws finer
+    # boundaries (a curved concept needs them, a near-linear one is better without): the vote picks.
+    restarting_bandwidths: list[float] = [1.0, 0.5]
     # Random Fourier features the heads read beside the scaled inputs (0: the inputs alone, linear).
     head_features: int = Field(256, ge=0, le=8192)
     # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
@@ -185,6 +189,13 @@ class LearnerSettings(_Section):
     def _rates(cls, value: list[float]) -> list[float]:
         if any(not r > 0 for r in value) or len(set(value)) != len(value):
             raise ValueError(f"needs distinct learning rates > 0, got {value}")
+        return value
+
+    @field_validator("restarting_bandwidths")
+    @classmethod
+    def _bandwidths(cls, value: list[float]) -> list[float]:
+        if not value or any(not b > 0 for b in value) or len(set(value)) != len(value):
+            raise ValueError(f"needs one or more distinct bandwidths > 0, got {value}")
         return value
 
     @field_validator("scaling_range")

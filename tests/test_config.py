@@ -44,6 +44,7 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         ({}, {"LIFELONG_NOPE__KEY": "1"}, "nope"),
         ({}, {"LIFELONG_LEARNER__HEADS": "[0, 100"}, "LIFELONG_LEARNER__HEADS"),
         ({}, {"LIFELONG_LEARNER__LINEAR": "[0.01, 0.01]"}, "learner.linear"),
+        ({}, {"LIFELONG_LEARNER__RESTARTING_BANDWIDTHS": "[]"}, "learner.restarting_bandwidths"),
     ],
     ids=[
         "zero features",
@@ -55,6 +56,7 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         "unknown section",
         "env list not JSON",
         "env list repeats",
+        "no restarting bandwidth",
     ],
 )
 def test_invalid_config_names_the_key(make_config, sections, environ, key) -> None:  # type: ignore[no-untyped-def]

@@ -168,6 +168,7 @@ def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
         half_lives=[0, 100],
         linear=[0.05],
         restarting=True,
+        restarting_bandwidths=[1.0, 0.5],
         random_features=64,
     )
     x, y = blobs(700, 7)
@@ -187,8 +188,44 @@ def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
     other = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 50], random_features=64)
     with pytest.raises(ValueError, match="half_lives"):
         other.restore(*first.checkpoint())
+    narrower = Heads(
+        features=FEATURES,
+        classes=CLASSES,
+        half_lives=[0, 100],
+        linear=[0.05],
+        restarting=True,
+        restarting_bandwidths=[1.0, 0.25],
+        random_features=64,
+    )
+    with pytest.raises(ValueError, match="restarting_bandwidths"):
+        narrower.restore(*first.checkpoint())
     with pytest.raises(ValueError, match="format"):
         second.restore(tensors, meta | {"format": 99})
+
+
+def test_a_restarting_head_on_a_narrower_map_draws_a_finer_boundary() -> None:
+    rng = np.random.default_rng(3)
+
+    def wave(n: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        x = rng.uniform(0, 1, (n, 2)).astype(np.float32)
+        return x, (x[:, 1] < 0.5 + 0.3 * np.sin(6 * np.pi * x[:, 0])).astype(np.int64)
+
+    heads = Heads(features=2, classes=2, half_lives=[], restarting=True, restarting_bandwidths=[1.0, 0.25])
+    heads.learn(*wave(3000))
+    predictor = heads.predictor()
+    assert set(predictor.projections) == {1.0, 0.25}
+    wide, narrow = (predictor.projections[b] for b in (1.0, 0.25))
+    assert wide is not None and narrow is not None
+    # Its own draw, four times as tight: not the shared map rescaled.
+    assert float(narrow[0].std() / wide[0].std()) == pytest.approx(4.0, rel=0.2)
+    assert not torch.allclose(narrow[0] / 4, wide[0])
+    test_x, test_y = wave(2000)
+    predicted = heads.predict(test_x)
+    assert (
+        accuracy(predicted["lda_restart_0.25"], test_y) >= accuracy(predicted["lda_restart"], test_y) + 0.05
+    )
+    with pytest.raises(ValueError, match="restarting_bandwidths"):
+        Heads(features=2, classes=2, restarting=True, restarting_bandwidths=[0.5, 0.5])
 
 
 def test_labels_outside_the_classes_are_refused() -> None:
@@ -328,5 +365,5 @@ def test_without_a_discriminant_head_no_random_features_are_computed() -> None:
     x, y = blobs(300, 50)
     heads.learn(x, y)
     predictor = heads.predictor()
-    assert predictor.projection is None and heads.width == FEATURES
+    assert predictor.projections == {1.0: None} and heads.width == FEATURES
     assert accuracy(heads.predict(x)["linear_0.05"], y) >= 0.9

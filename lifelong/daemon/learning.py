@@ -66,6 +66,7 @@ def build_heads(learner: LearnerSettings, *, features: int, classes: int, **over
         "half_lives": learner.heads,
         "linear": learner.linear,
         "restarting": learner.restarting_head,
+        "restarting_bandwidths": learner.restarting_bandwidths,
         "random_features": learner.head_features,
         "scaling": learner.scaling,
         "scaling_range": learner.scaling_range,

@@ -15,7 +15,10 @@ they predict from a class's first labels on:
   sums decay, so an old concept fades and the head follows change (a class only
   absent keeps its mean); without one it never forgets, whatever the order the
   classes come in. :class:`RestartingLDA` never forgets until its own errors rise
-  (ADWIN), then restarts its classes from the labels since the change;
+  (ADWIN), then restarts its classes from the labels since the change. It can run on
+  several maps (``restarting_bandwidths``, multiples of that bandwidth): a narrower map
+  draws finer boundaries, which a curved concept needs and a near-linear one does not,
+  so the vote below, not a setting, decides per stream which to trust;
 - :class:`OnlineLogistic` members are logistic regressions on the scaled inputs,
   one SGD step per label;
 - :class:`PriorCounts` answers the recent labels' most frequent class: what is
@@ -52,7 +55,7 @@ from lifelong.learners.base import as_inputs
 from lifelong.learners.members import OnlineLogistic, PriorCounts, RestartingLDA, StreamingLDA
 from lifelong.learners.scaling import Scaling
 
-FORMAT = 2
+FORMAT = 3
 WARMUP = 32  # labeled samples buffered before the feature map's bandwidth is set from them
 PRIOR = "prior"
 RESTARTING = "lda_restart"
@@ -61,6 +64,11 @@ RESTARTING = "lda_restart"
 def head_name(half_life: int) -> str:
     """The member name of a head: ``lda`` (never forgets) or ``lda_<half-life>``."""
     return "lda" if half_life == 0 else f"lda_{half_life}"
+
+
+def restarting_name(bandwidth: float) -> str:
+    """A restarting head's member name: ``lda_restart`` (shared map), else ``lda_restart_<bandwidth>``."""
+    return RESTARTING if bandwidth == 1.0 else f"{RESTARTING}_{bandwidth:g}"
 
 
 def linear_name(rate: float) -> str:
@@ -82,8 +90,9 @@ class Predictor:
     """What the heads predict with, fixed when made (safe to use while they learn on)."""
 
     scale: tuple[str, torch.Tensor, torch.Tensor]  # scaling mode, shift, scale
-    projection: tuple[torch.Tensor, torch.Tensor] | None  # float32
+    projections: dict[float, tuple[torch.Tensor, torch.Tensor] | None]  # bandwidth multiple -> map, float32
     heads: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (coefficients, biases)
+    maps: dict[str, float]  # name -> the map it reads (1.0 when not named)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
@@ -92,13 +101,18 @@ class Predictor:
         mode, shift, scale = self.scale
         if mode in ("standardize", "range"):
             z = (z - shift) / scale
-        f = random_features(z, self.projection)
-        names = list(self.heads)
-        coef = torch.cat([self.heads[name][0] for name in names])  # every head in one product
-        bias = torch.cat([self.heads[name][1] for name in names])
-        scores = torch.addmm(bias, f, coef.T).view(len(f), len(names), -1)
-        labels = scores.argmax(2).numpy()
-        return {name: labels[:, k] for k, name in enumerate(names)}
+        labels: dict[str, np.ndarray[Any, Any]] = {}
+        for bandwidth, projection in self.projections.items():
+            names = [name for name in self.heads if self.maps.get(name, 1.0) == bandwidth]
+            if not names:
+                continue
+            f = random_features(z, projection)
+            coef = torch.cat([self.heads[name][0] for name in names])  # the map's heads in one product
+            bias = torch.cat([self.heads[name][1] for name in names])
+            scores = torch.addmm(bias, f, coef.T).view(len(f), len(names), -1)
+            chosen = scores.argmax(2).numpy()
+            labels |= {name: chosen[:, k] for k, name in enumerate(names)}
+        return {name: labels[name] for name in self.heads}
 
 
 class Heads:
@@ -113,6 +127,7 @@ class Heads:
         half_lives: Sequence[int] = (0, 100, 1000),
         linear: Sequence[float] = (),
         restarting: bool = False,
+        restarting_bandwidths: Sequence[float] = (1.0,),
         random_features: int = 256,
         scaling: str = "auto",
         scaling_range: Sequence[float] = (0.0, 1.0),
@@ -122,6 +137,11 @@ class Heads:
             raise ValueError(f"half_lives must be distinct and >= 0, got {list(half_lives)}")
         if any(not r > 0 for r in linear) or len({linear_name(r) for r in linear}) != len(linear):
             raise ValueError(f"linear learning rates must be distinct and > 0, got {list(linear)}")
+        bandwidths = list(restarting_bandwidths)
+        if restarting and (
+            not bandwidths or any(not b > 0 for b in bandwidths) or len(set(bandwidths)) != len(bandwidths)
+        ):
+            raise ValueError(f"restarting_bandwidths must be distinct and > 0, got {bandwidths}")
         self.features = features
         self.classes = classes
         # Only the discriminant heads read the random features: without one the map is not drawn, and
@@ -134,6 +154,7 @@ class Heads:
             "half_lives": list(half_lives),
             "linear": list(linear),
             "restarting": restarting,
+            "restarting_bandwidths": bandwidths,
             "random_features": random_features,
             "scaling": scaling,
             "scaling_range": tuple(scaling_range),
@@ -145,8 +166,15 @@ class Heads:
         self.members: dict[str, StreamingLDA | RestartingLDA | OnlineLogistic] = {
             head_name(h): StreamingLDA(width=self.width, classes=classes, half_life=h) for h in half_lives
         }
+        # Each map the heads read, by its bandwidth as a multiple of the median distance: the shared
+        # one (1.0) for the decaying heads, one more per other restarting bandwidth.
+        self.bandwidths = sorted({1.0, *bandwidths}) if restarting else [1.0]
+        self.maps: dict[str, float] = {}
         if restarting:
-            self.members[RESTARTING] = RestartingLDA(width=self.width, classes=classes)
+            for bandwidth in bandwidths:
+                name = restarting_name(bandwidth)
+                self.members[name] = RestartingLDA(width=self.width, classes=classes)
+                self.maps[name] = bandwidth
         self.members |= {
             linear_name(r): OnlineLogistic(features=features, width=self.width, classes=classes, rate=r)
             for r in linear
@@ -154,7 +182,7 @@ class Heads:
         self.prior = PriorCounts(classes=classes)
         self.bandwidth = 0.0  # set from the first WARMUP samples
         self._started = False
-        self._projection: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._projections: dict[float, tuple[torch.Tensor, torch.Tensor] | None] = {1.0: None}
         self._warmup: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.learned = 0  # labeled samples taken in (buffered or learned)
 
@@ -172,20 +200,31 @@ class Heads:
         """Every member's name (the prior's last)."""
         return [*self.members, PRIOR]
 
-    def _map(self, x: torch.Tensor) -> torch.Tensor:
-        return random_features(self.scaling(x), self._projection)
+    def _map(self, x: torch.Tensor) -> dict[float, torch.Tensor]:
+        """Each map's features of ``x``, float64."""
+        z = self.scaling(x)
+        return {b: random_features(z, projection).double() for b, projection in self._projections.items()}
+
+    def _learn_mapped(self, x: torch.Tensor, y: torch.Tensor, *, skip_linear: bool = False) -> None:
+        f = self._map(x)
+        for name, member in self.members.items():
+            if not (skip_linear and isinstance(member, OnlineLogistic)):
+                member.learn(f[self.maps.get(name, 1.0)], y)
 
     def _start(self, x: torch.Tensor) -> None:
-        """Set the random features' bandwidth from the first samples (median distance) and draw them."""
+        """Set the random features' bandwidth from the first samples (median distance) and draw the maps."""
         z = self.scaling(x[:256]).to(torch.float64)
         distances = torch.cdist(z, z)
         off = distances[~torch.eye(len(z), dtype=torch.bool)]
         positive = off[off > 0]
         self.bandwidth = float(positive.median()) if len(positive) else 1.0
         generator = torch.Generator().manual_seed(self.seed)
-        weight = torch.randn(self.features, self.random_features, generator=generator)
-        phase = torch.rand(self.random_features, generator=generator) * 2 * math.pi
-        self._projection = (weight / self.bandwidth, phase) if self.random_features else None
+        for bandwidth in [1.0, *(b for b in self.bandwidths if b != 1.0)]:  # the shared map drawn first
+            weight = torch.randn(self.features, self.random_features, generator=generator)
+            phase = torch.rand(self.random_features, generator=generator) * 2 * math.pi
+            self._projections[bandwidth] = (
+                (weight / (self.bandwidth * bandwidth), phase) if self.random_features else None
+            )
         self._started = True
 
     def learn(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> None:
@@ -207,9 +246,7 @@ class Heads:
         self.prior.learn(labels)
         self.learned += len(labels)
         if self._started:
-            f = self._map(inputs).double()
-            for member in self.members.values():
-                member.learn(f, labels)
+            self._learn_mapped(inputs, labels)
             return
         scaled = self.scaling(inputs).double()
         for member in self._linear().values():
@@ -221,10 +258,7 @@ class Heads:
         labels = torch.cat([label for _, label in self._warmup])
         self._warmup = []
         self._start(inputs)
-        f = self._map(inputs).double()
-        for member in self.members.values():
-            if not isinstance(member, OnlineLogistic):  # they learned these already
-                member.learn(f, labels)
+        self._learn_mapped(inputs, labels, skip_linear=True)  # the linear members learned these already
 
     def _linear(self) -> dict[str, OnlineLogistic]:
         return {name: m for name, m in self.members.items() if isinstance(m, OnlineLogistic)}
@@ -237,11 +271,17 @@ class Heads:
             fits = {name: m.fit() for name, m in self._linear().items()} if self.learned else {}
             heads = {name: (coef[:, : self.features], bias) for name, (coef, bias) in fits.items()}
             return Predictor(
-                scale=scale, projection=None, heads=heads | {PRIOR: self.prior.fit(self.features)}
+                scale=scale,
+                projections={1.0: None},
+                heads=heads | {PRIOR: self.prior.fit(self.features)},
+                maps={},
             )
         heads = {name: member.fit() for name, member in self.members.items()}
         return Predictor(
-            scale=scale, projection=self._projection, heads=heads | {PRIOR: self.prior.fit(self.width)}
+            scale=scale,
+            projections=dict(self._projections),
+            heads=heads | {PRIOR: self.prior.fit(self.width)},
+            maps=dict(self.maps),
         )
 
     def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
@@ -251,8 +291,10 @@ class Heads:
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, meta) from which :meth:`restore` continues exactly."""
         tensors = self.scaling.weights() | self.scaling.state()
-        if self._projection is not None:
-            tensors["map.weight"], tensors["map.phase"] = (t.clone() for t in self._projection)
+        for bandwidth, projection in self._projections.items():
+            if projection is not None:
+                key = "map" if bandwidth == 1.0 else f"map_{bandwidth:g}"
+                tensors[f"{key}.weight"], tensors[f"{key}.phase"] = (t.clone() for t in projection)
         for i, (inputs, labels) in enumerate(self._warmup):
             tensors[f"warmup.{i}.x"], tensors[f"warmup.{i}.y"] = inputs.clone(), labels.clone()
         for name, head in self.members.items():
@@ -266,6 +308,7 @@ class Heads:
             "half_lives": self._settings["half_lives"],
             "linear": self._settings["linear"],
             "restarting": self._settings["restarting"],
+            "restarting_bandwidths": self._settings["restarting_bandwidths"],
             "bandwidth": self.bandwidth,
             "started": self._started,
             "learned": self.learned,
@@ -285,6 +328,7 @@ class Heads:
             "half_lives": self._settings["half_lives"],
             "linear": self._settings["linear"],
             "restarting": self._settings["restarting"],
+            "restarting_bandwidths": self._settings["restarting_bandwidths"],
         }
         differs = {key: (meta.get(key), value) for key, value in own.items() if meta.get(key) != value}
         if differs:
@@ -293,9 +337,13 @@ class Heads:
         self.bandwidth = float(meta["bandwidth"])
         self.learned = int(meta["learned"])
         self._started = bool(meta.get("started"))
-        self._projection = (
-            (tensors["map.weight"].clone(), tensors["map.phase"].clone()) if "map.weight" in tensors else None
-        )
+        for bandwidth in self.bandwidths:
+            key = "map" if bandwidth == 1.0 else f"map_{bandwidth:g}"
+            self._projections[bandwidth] = (
+                (tensors[f"{key}.weight"].clone(), tensors[f"{key}.phase"].clone())
+                if f"{key}.weight" in tensors
+                else None
+            )
         self._warmup = [
             (tensors[f"warmup.{i}.x"].clone(), tensors[f"warmup.{i}.y"].clone())
             for i in range(int(meta["warmup"]))
