@@ -246,6 +246,7 @@ class RestartingLDA:
         self.detector = drift.ADWIN(delta=delta, clock=clock)
         self.recent_f = torch.zeros(0, width)  # the last ``keep`` rows learned, float32
         self.recent_y = torch.zeros(0, dtype=torch.int64)
+        self.recent_wrong = torch.zeros(0, dtype=torch.bool)  # whether it predicted each of them wrong
         self.pending = torch.zeros(classes, dtype=torch.bool)  # classes to restart when they come
         self.cut = 0  # the label count at the last change found
         self.restarts = 0
@@ -258,19 +259,23 @@ class RestartingLDA:
         if not len(y):
             return
         changed = False
+        wrong = torch.zeros(len(y), dtype=torch.bool)
         if bool(self.lda.seen.any()):
             coef, bias = self.lda.fit()
-            wrong = (torch.addmm(bias, f.float(), coef.T).argmax(1) != y).tolist()
-            for error in wrong:
+            wrong = torch.addmm(bias, f.float(), coef.T).argmax(1) != y
+            for error in wrong.tolist():
                 before = self.detector.estimation
                 self.detector.update(float(error))
                 # A change for the better (the errors fell) is no reason to restart.
                 changed = changed or (self.detector.drift_detected and self.detector.estimation > before)
         self.recent_f = torch.cat([self.recent_f, f.float()])[-self.keep :]
         self.recent_y = torch.cat([self.recent_y, y])[-self.keep :]
+        self.recent_wrong = torch.cat([self.recent_wrong, wrong])[-self.keep :]
         self.lda.learn(f, y)
         if changed:
-            self.cut = self.lda.learned - min(int(self.detector.width), len(self.recent_y))
+            self.cut = self.lda.learned - self._since_change(
+                min(int(self.detector.width), len(self.recent_y))
+            )
             self.pending = torch.zeros(self.classes, dtype=torch.bool)
             self.pending[self.recent_y] = True
             self.restarts += 1
@@ -290,6 +295,34 @@ class RestartingLDA:
             self.lda.class_weight[back] = weight[back]
             self.lda.class_sums[back] = sums[back]
             self.pending &= ~back
+
+    def _since_change(self, window: int) -> int:
+        """How many of the recent labels came after the change: where their errors rose most clearly.
+
+        ADWIN tells that the errors rose and keeps a window of ``window`` labels after its
+        cut, checked every ``clock`` labels, so its cut lags the change by up to a few dozen
+        labels (the first labels of the new concept would be left out of the restart). The
+        change is placed instead where the recent errors split best into a lower rate before
+        and a higher one after (the split of the greatest Bernoulli likelihood), among the
+        labels since the last cut; ADWIN's window when no split raises the rate.
+        """
+        errors = self.recent_wrong[-min(len(self.recent_wrong), self.lda.learned - self.cut) :].double()
+        m = len(errors)
+        if m < 2:
+            return window
+        k = torch.arange(1, m, dtype=torch.float64)  # labels before the split
+        before = torch.cumsum(errors, 0)[:-1] / k
+        after = (errors.sum() - torch.cumsum(errors, 0)[:-1]) / (m - k)
+
+        def loglik(p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            p = p.clamp(1e-9, 1 - 1e-9)
+            return n * (p * p.log() + (1 - p) * (1 - p).log())
+
+        score = loglik(before, k) + loglik(after, m - k)
+        score[after <= before] = -math.inf
+        if not bool(torch.isfinite(score).any()):
+            return window
+        return int(m - k[int(score.argmax())])
 
     def _restart_scatter(self) -> None:
         """The covariance's sums from the labels after the cut, what came before worth ``carried`` samples."""
@@ -314,6 +347,7 @@ class RestartingLDA:
         return self.lda.state(prefix) | {
             f"{prefix}.recent_f": self.recent_f.clone(),
             f"{prefix}.recent_y": self.recent_y.clone(),
+            f"{prefix}.recent_wrong": self.recent_wrong.clone(),
             f"{prefix}.pending": self.pending.clone(),
             f"{prefix}.cut": torch.tensor([self.cut], dtype=torch.int64),
         }
@@ -322,6 +356,7 @@ class RestartingLDA:
         self.lda.restore(prefix, tensors, learned)
         self.recent_f = tensors[f"{prefix}.recent_f"].float().clone()
         self.recent_y = tensors[f"{prefix}.recent_y"].to(torch.int64).clone()
+        self.recent_wrong = tensors[f"{prefix}.recent_wrong"].to(torch.bool).clone()
         self.pending = tensors[f"{prefix}.pending"].to(torch.bool).clone()
         self.cut = int(tensors[f"{prefix}.cut"][0])
         self.detector = drift.ADWIN(delta=self.delta, clock=self.clock)
