@@ -122,6 +122,19 @@ def test_the_restarting_head_does_not_restart_when_its_errors_fall() -> None:
     assert head.restarts == 1
 
 
+def test_the_restarting_head_restarts_from_where_its_errors_rose() -> None:
+    # ADWIN, checked every few labels, cuts some labels after the change; the restart starts at it.
+    head = RestartingLDA(width=2, classes=2)
+    for seed in range(20):
+        head.learn(*spread(100, seed, axis=0))
+    before = head.learned
+    for seed in range(20, 24):
+        x, y = spread(32, seed, axis=0)
+        head.learn(x, 1 - y)
+    assert head.restarts == 1
+    assert head.cut == pytest.approx(before, abs=3)
+
+
 def test_the_daemons_heads_take_a_backlog_in_steps_each_scored_first(tmp_path: Path) -> None:
     x, y = blobs(1400, 13)
     with SampleStore.open(tmp_path / "store") as store:
@@ -162,15 +175,16 @@ def test_the_prior_answers_before_any_label_and_linear_members_learn() -> None:
 
 
 def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
-    first = Heads(
-        features=FEATURES,
-        classes=CLASSES,
-        half_lives=[0, 100],
-        linear=[0.05],
-        restarting=True,
-        restarting_bandwidths=[1.0, 0.5],
-        random_features=64,
-    )
+    settings: dict[str, Any] = {
+        "features": FEATURES,
+        "classes": CLASSES,
+        "half_lives": [0, 100],
+        "linear": [0.05],
+        "restarting": True,
+        "restarting_bandwidths": [1.0, 0.5],
+        "random_features": 64,
+    }
+    first = Heads(**settings)
     x, y = blobs(700, 7)
     first.learn(x[:20], y[:20])  # still warming up: the buffered samples are saved too
     tensors, meta = first.checkpoint()
@@ -188,15 +202,7 @@ def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
     other = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 50], random_features=64)
     with pytest.raises(ValueError, match="half_lives"):
         other.restore(*first.checkpoint())
-    narrower = Heads(
-        features=FEATURES,
-        classes=CLASSES,
-        half_lives=[0, 100],
-        linear=[0.05],
-        restarting=True,
-        restarting_bandwidths=[1.0, 0.25],
-        random_features=64,
-    )
+    narrower = Heads(**settings | {"restarting_bandwidths": [1.0, 0.25]})
     with pytest.raises(ValueError, match="restarting_bandwidths"):
         narrower.restore(*first.checkpoint())
     with pytest.raises(ValueError, match="format"):
