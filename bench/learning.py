@@ -42,7 +42,7 @@ from lifelong.config import LearnerSettings, ScheduleSettings
 from lifelong.daemon.learning import build_gate, build_heads
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import Labeled, Learner, as_inputs
-from lifelong.learners.ensemble import AbsentClasses, Hedge
+from lifelong.learners.ensemble import Hedge, Probes
 from lifelong.learners.heads import Heads
 from lifelong.learners.models import build_model
 from lifelong.learners.trainer import Trainer
@@ -102,7 +102,7 @@ def run_lifelong(
     )
     matrix, decisions = [], collections.Counter()
     heads, hedge = heads_for(settings, sc), Hedge(half_life=settings.ensemble_half_life)
-    absent = AbsentClasses(classes=sc.classes, features=sc.features)
+    probes = Probes(classes=sc.classes, features=sc.features)
     members: dict[str, list[list[float]]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory() as directory:
         memory = RehearsalMemory(
@@ -118,10 +118,8 @@ def run_lifelong(
                     if trainer.champion is not None:
                         predicted["network"] = trainer.champion.predict(part.x)
                     hedge.score_predictions(predicted, part.y)
-                    absent.observe(part.x, part.y, held=np.array([trainer.held_out(i) for i in part.ids]))
-                    if (
-                        probe := absent.probes()
-                    ) is not None:  # the classes absent lately, as the daemon does
+                    probes.observe(part.x, part.y, held=np.array([trainer.held_out(i) for i in part.ids]))
+                    if (probe := probes.probes()) is not None:  # as the daemon scores
                         px, py, weights = probe
                         predicted = heads.predict(px)
                         if trainer.champion is not None:

@@ -13,7 +13,7 @@ import torch
 
 from lifelong.daemon.online import OnlineMembers
 from lifelong.events import Sample
-from lifelong.learners.ensemble import AbsentClasses, Hedge
+from lifelong.learners.ensemble import Hedge, Probes
 from lifelong.learners.heads import Heads
 from lifelong.learners.members import RestartingLDA
 from lifelong.memory.samples import IngestBatch, SampleStore
@@ -324,7 +324,7 @@ def test_the_daemons_heads_follow_the_store_and_restart_exactly(tmp_path: Path) 
 def test_the_vote_distrusts_a_member_that_forgets_classes_absent_from_the_recent_labels() -> None:
     rng = np.random.default_rng(0)
     hedge, blind = Hedge(), Hedge()  # blind: scored on the recent labels alone
-    absent = AbsentClasses(classes=CLASSES, features=1)
+    probes = Probes(classes=CLASSES, features=1)
     for task in ([0, 1], [2, 3], [4]):  # class-incremental: only the newest task's classes arrive
         for _ in range(6):
             y = rng.choice(task, 100)
@@ -335,13 +335,64 @@ def test_the_vote_distrusts_a_member_that_forgets_classes_absent_from_the_recent
 
             hedge.score_predictions(members(y), y)
             blind.score_predictions(members(y), y)
-            absent.observe(np.zeros((100, 1)), y, held=np.arange(100) % 10 == 7)
-            if (probe := absent.probes()) is not None:
+            probes.observe(np.zeros((100, 1)), y, held=np.arange(100) % 10 == 7)
+            if (probe := probes.probes()) is not None:
                 _, py, weights = probe
                 hedge.score_predictions(members(py), py, weights=weights * len(y))
-    assert absent.absent().tolist() == [0, 1, 2, 3]
+    assert probes.absent().tolist() == [0, 1, 2, 3]
     assert blind.weights(["keeps", "forgets"]) == {"keeps": 0.5, "forgets": 0.5}  # both right on all recent
     assert hedge.weights(["keeps", "forgets"])["forgets"] < 1e-6
+
+
+def score_with_probes(hedge: Hedge, probes: Probes, members: Any, x: Any, y: Any) -> None:
+    """As the daemon's heads do: score the members on the labels, then on the probes."""
+    hedge.score_predictions(members(x), y)
+    probes.observe(x, y, held=np.arange(len(y)) % 10 == 7)
+    if (probe := probes.probes()) is not None:
+        px, py, weights = probe
+        hedge.score_predictions(members(px), py, weights=weights * len(y))
+
+
+def test_the_vote_distrusts_a_member_that_forgets_an_earlier_domain_of_the_classes_present() -> None:
+    rng = np.random.default_rng(0)
+    hedge, blind = Hedge(), Hedge()
+    probes = Probes(classes=2, features=2)
+
+    def concept(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return (x[:, 1] > 0).astype(np.int64)  # the same in every domain
+
+    for domain in (0.0, 10.0):  # the second: both classes again, on inputs far from the first's
+        for _ in range(6):
+            x = rng.normal(size=(100, 2)) + np.array([domain, 0.0])
+
+            def members(x: np.ndarray[Any, Any], domain: float = domain) -> dict[str, Any]:
+                # "forgets" knows only the newest domain (wrong elsewhere); "keeps" knows both.
+                here = np.abs(x[:, 0] - domain) < 5
+                return {"keeps": concept(x), "forgets": np.where(here, concept(x), 1 - concept(x))}
+
+            score_with_probes(hedge, probes, members, x, concept(x))
+            blind.score_predictions(members(x), concept(x))
+    assert blind.weights(["keeps", "forgets"]) == {"keeps": 0.5, "forgets": 0.5}  # both right on all recent
+    assert hedge.weights(["keeps", "forgets"])["forgets"] < 1e-6
+
+
+def test_after_a_concept_change_the_vote_follows_the_member_that_adapted_not_the_past_samples() -> None:
+    rng = np.random.default_rng(1)
+    hedge = Hedge()
+    probes = Probes(classes=2, features=2)
+    for flip, batches in ((0, 20), (1, 2)):  # the same inputs; after the change every label is the other
+        for _ in range(batches):
+            x = rng.normal(size=(100, 2))
+            old = (x[:, 1] > 0).astype(np.int64)
+
+            def members(x: np.ndarray[Any, Any], flip: int = flip) -> dict[str, Any]:
+                old = (x[:, 1] > 0).astype(np.int64)
+                return {"adapts": old ^ flip, "stale": old}
+
+            score_with_probes(hedge, probes, members, x, old ^ flip)
+    # 200 labels after the change the held-out samples of the old concept (most of them) are
+    # contradicted by the newer labels: they no longer count (if they did, "stale" would still lead).
+    assert hedge.weights(["adapts", "stale"])["stale"] < 1e-6
 
 
 def test_the_daemons_heads_keep_held_out_samples_of_absent_classes_across_a_restart(tmp_path: Path) -> None:
@@ -354,7 +405,7 @@ def test_the_daemons_heads_keep_held_out_samples_of_absent_classes_across_a_rest
             start += len(y)
             online.observed(store.last_label_event())
             online.catch_up()
-        assert online.absent.absent().tolist() == [0, 1, 2, 3]
+        assert online.probes.absent().tolist() == [0, 1, 2, 3]
         test_x, test_y = blobs(500, 30)
         assert accuracy(online.serve(online.predict(test_x)), test_y) >= 0.9
         weights = online.weights(["lda", "lda_100", "prior"])
@@ -362,7 +413,7 @@ def test_the_daemons_heads_keep_held_out_samples_of_absent_classes_across_a_rest
         online.save()
         again = online_at(store, tmp_path / "heads")
         again.load()
-        assert again.absent.absent().tolist() == [0, 1, 2, 3]
+        assert again.probes.absent().tolist() == [0, 1, 2, 3]
         assert again.weights(["lda", "lda_100", "prior"]) == pytest.approx(weights)
 
 

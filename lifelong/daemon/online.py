@@ -22,8 +22,9 @@ that restarts within a backlog is seen right on the rest of it), and the
 updater's rounds train only on labels the vote has scored, so the network is
 judged on every label before it trains on it. The held-out samples
 among the events are kept per class, and every member is also scored on those of
-the classes absent lately (:class:`~lifelong.learners.ensemble.AbsentClasses`), so
-a member that forgot them is not trusted for being right on the newest classes.
+the classes absent lately and on the past inputs of the classes present that newer
+labels do not contradict (:class:`~lifelong.learners.ensemble.Probes`), so a member
+that forgot them is not trusted for being right on the newest classes or inputs.
 While the members are young they learn in small batches, each scored first. The heads' state and the
 Hedge weights are written to ``state/heads/heads.safetensors`` (atomically,
 with the last label event learned) every ``save_every`` labels and at shutdown;
@@ -53,14 +54,14 @@ from safetensors.torch import save
 
 from lifelong.files import write_atomically
 from lifelong.learners.base import Learner
-from lifelong.learners.ensemble import AbsentClasses, Hedge
+from lifelong.learners.ensemble import Hedge, Probes
 from lifelong.learners.heads import WARMUP, Heads, Predictor
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.samples import SampleStore
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3
 FILE = "heads.safetensors"
 NICE = 19  # the follower thread's niceness: under load it gets what ingestion leaves
 STEPS = 4  # the labels waiting are learned in at least this many batches, each scored first
@@ -107,8 +108,8 @@ class OnlineMembers:
         self.batch = batch
         self.score_most = score_most  # members scored on at most this many of each batch (the newest)
         self.save_every = save_every
-        # Held-out samples of each class: the members are also scored on the classes absent lately.
-        self.absent = AbsentClasses(classes=heads.classes, features=heads.features)
+        # Held-out samples of each class: the members are also scored on what the recent labels do not show.
+        self.probes = Probes(classes=heads.classes, features=heads.features)
         self.cursor = 0  # the last label event learned
         self.saved = 0  # ... as of the file on disk (the store keeps the events after it)
         self._unsaved = 0
@@ -212,10 +213,10 @@ class OnlineMembers:
             self._score(network, x[recent], y[recent], fresh)
             held = np.fromiter((self.held_out(e[1]) for e in events), bool, len(events))
             with self._guard:
-                self.absent.observe(x, y, held=held)
-                probe = self.absent.probes()
+                self.probes.observe(x, y, held=held)
+                probe = self.probes.probes()
             if probe is not None:
-                self._score_absent(network, *probe, scored=len(y[recent]))
+                self._score_probes(network, *probe, scored=len(y[recent]))
             with self._guard:
                 self.heads.learn(x, y)
             # Serving takes the new predictor before the events count as learned: whoever waits for
@@ -242,7 +243,7 @@ class OnlineMembers:
         with self._guard:
             self.hedge.score_predictions(predicted, y)
 
-    def _score_absent(
+    def _score_probes(
         self,
         network: Learner | None,
         x: np.ndarray[Any, Any],
@@ -251,7 +252,7 @@ class OnlineMembers:
         *,
         scored: int,
     ) -> None:
-        """Score the members on held-out samples of the absent classes (the network never trains on them)."""
+        """Score the members on held-out samples (the network never trains on them) weighing ``weights``."""
         predicted = self.predict(x)
         if network is not None:
             predicted["network"] = network.predict(x)
@@ -276,7 +277,7 @@ class OnlineMembers:
         """Write the heads and weights with the last label event learned (atomically)."""
         with self._guard:
             tensors, meta = self.heads.checkpoint()
-            arrays, absent = self.absent.state()
+            arrays, probes = self.probes.state()
             tensors |= {name: torch.from_numpy(array.copy()) for name, array in arrays.items()}
             cursor = self.cursor
             header = {
@@ -284,7 +285,7 @@ class OnlineMembers:
                 "cursor": cursor,
                 "heads": meta,
                 "hedge": self.hedge.state(),
-                "absent": absent,
+                "probes": probes,
             }
             data = save(tensors, metadata={"lifelong": json.dumps(header)})
             self._unsaved = 0
@@ -308,11 +309,11 @@ class OnlineMembers:
                     f"{self.store.last_label_event()} (from another state directory?)"
                 )
             heads, hedge = self.heads.fresh(), self.hedge.fresh()  # nothing half-restored on failure
-            absent = AbsentClasses(classes=heads.classes, features=heads.features)
+            probes = Probes(classes=heads.classes, features=heads.features)
             heads.restore(tensors, saved["heads"])
             hedge.restore(saved["hedge"])
-            absent.restore(
-                {k: v.numpy() for k, v in tensors.items() if k.startswith("absent.")}, saved["absent"]
+            probes.restore(
+                {k: v.numpy() for k, v in tensors.items() if k.startswith("probes.")}, saved["probes"]
             )
         except Exception as error:  # safetensors raises its own error type on a damaged header
             aside = self.path.with_suffix(".unusable")
@@ -325,7 +326,7 @@ class OnlineMembers:
                 aside,
             )
             return
-        self.heads, self.hedge, self.absent = heads, hedge, absent
+        self.heads, self.hedge, self.probes = heads, hedge, probes
         self.cursor = self.saved = int(saved["cursor"])
         self._predictor = heads.predictor()
         log.info("online heads restored at label event %d", self.cursor)

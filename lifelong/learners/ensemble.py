@@ -11,14 +11,14 @@ window of 300 scores are 15 errors apart, a factor of e^15. The served label
 is the weighted vote: the clearly better member decides alone, members about
 as good vote together.
 
-Recent labels alone would mislead the vote on a class-incremental stream: while
-only the newest classes arrive, a member that has forgotten the others is the
-most accurate on what arrives. A class absent from the recent labels is not a
-class that stopped mattering, so :class:`AbsentClasses` keeps a few held-out
-samples of each class and every member is also scored on those of the absent
-classes, weighted by each class's share of all the labels seen (no class is
-absent on a stream whose classes all keep coming: there the recent labels alone
-decide).
+Recent labels alone would mislead the vote whenever they show only part of what
+still holds: while only the newest classes arrive (class-incremental), or every
+class arrives with new inputs (a new domain), a member that has forgotten the
+rest is the most accurate on what arrives. :class:`Probes` keeps held-out samples
+of each class, and every member is also scored on those of the classes absent
+lately and on the past inputs of the classes present that newer labels do not
+contradict (on a stream whose classes and inputs keep coming alike they are
+judged as the recent labels are: there the recent labels alone decide).
 
 Example::
 
@@ -34,6 +34,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from lifelong.learners.base import Labeled
+from lifelong.learners.gate import contradicted
 
 FORMAT = 1
 
@@ -125,36 +128,77 @@ class Hedge:
         self._scored = {str(k): float(v) for k, v in state["scored"].items()}
 
 
-class AbsentClasses:
-    """The last ``keep`` held-out samples of each class, to score the members on classes not seen lately.
+class Probes:
+    """Held-out samples kept per class, to score the members on what the recent labels do not show.
 
-    A class is absent once ``absent_after`` labels have come without one of it.
-    :meth:`probes` gives the held-out samples of the absent classes with weights: per
-    label scored from the stream, class ``c`` weighs ``share_c / (1 - absent share)``
-    in all (its samples evenly), so the vote is judged as if every class seen came at
-    its share of all the labels so far.
+    Recent labels alone judge the members on the classes and inputs arriving now. Two
+    kinds of knowledge still hold that they do not show:
+
+    * **Classes absent lately** (class-incremental streams): a class is absent once
+      ``absent_after`` labels have come without one of it; its last ``keep`` held-out
+      samples score the members, class ``c`` weighing ``share_c / (1 - absent share)``
+      per label scored from the stream in all (its samples evenly), so the vote is
+      judged as if every class seen came at its share of all the labels so far.
+    * **The past inputs of the classes present** (domain-incremental streams: a new
+      permutation, angle or sensor brings every class back with new inputs): a
+      reservoir of ``keep`` held-out samples per class drawn evenly over the whole
+      stream scores the members too, those that newer labels contradict left out (a
+      concept change: :func:`~lifelong.learners.gate.contradicted`, judged against the
+      last ``recent`` labels, so once a third of the labels near a sample say otherwise
+      it stops counting). Together they weigh ``past`` per label scored (the classes
+      by their shares, each class's samples evenly): the vote is judged half on what
+      arrives now and half on what still holds from before (``past = 1``), so a member
+      that adapts to each new domain by forgetting the old ones is not trusted for
+      being right on the newest.
+
+    On a stream whose inputs and classes keep coming alike both kinds are judged as the
+    recent labels are, and change nothing.
     """
 
-    def __init__(self, *, classes: int, features: int, keep: int = 32, absent_after: int = 300) -> None:
+    def __init__(
+        self,
+        *,
+        classes: int,
+        features: int,
+        keep: int = 32,
+        absent_after: int = 300,
+        recent: int = 200,
+        past: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         self.classes = classes
         self.keep = keep
         self.absent_after = absent_after
+        self.recent = recent
+        self.past = past
         self.count = np.zeros(classes, dtype=np.int64)  # labels seen per class
         self.last = np.zeros(classes, dtype=np.int64)  # the label count at each class's last label
         self.seen = 0
-        self.x = np.zeros((classes, keep, features), dtype=np.float32)
-        self.filled = np.zeros(classes, dtype=np.int64)  # held-out samples kept per class (ring buffers)
+        self.x = np.zeros((classes, keep, features), dtype=np.float32)  # ring buffers: the last held out
+        self.filled = np.zeros(classes, dtype=np.int64)  # held-out samples seen per class
+        self.reservoir = np.zeros((classes, keep, features), dtype=np.float32)  # drawn over the stream
+        self.recent_x = np.zeros((0, features), dtype=np.float32)  # the last ``recent`` labels (any)
+        self.recent_y = np.zeros(0, dtype=np.int64)
+        self._rng = np.random.default_rng(seed)
 
     def observe(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], held: np.ndarray[Any, Any]) -> None:
         """Labeled rows, oldest first; the ``held`` ones (the gate's: no version trains on them) are kept."""
         y = np.asarray(y, dtype=np.int64)
+        x = np.asarray(x)
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)  # as models read it
         positions = self.seen + np.arange(1, len(y) + 1)
         np.add.at(self.count, y, 1)
         self.last[y] = positions  # the last occurrence of each class wins
         self.seen += len(y)
-        for row, label in zip(np.asarray(x)[held], y[held], strict=True):
-            self.x[label, self.filled[label] % self.keep] = row
+        for row, label in zip(x[held], y[held], strict=True):
+            n = int(self.filled[label])
+            self.x[label, n % self.keep] = row
+            slot = n if n < self.keep else int(self._rng.integers(0, n + 1))
+            if slot < self.keep:
+                self.reservoir[label, slot] = row
             self.filled[label] += 1
+        self.recent_x = np.concatenate([self.recent_x, x])[-self.recent :]
+        self.recent_y = np.concatenate([self.recent_y, y])[-self.recent :]
 
     def absent(self) -> np.ndarray[Any, Any]:
         """Classes seen before, not within the last ``absent_after`` labels, with held-out samples kept."""
@@ -163,10 +207,9 @@ class AbsentClasses:
         )
 
     def probes(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
-        """(x, y, weight per row) of the absent classes' held-out samples (None when none is absent)."""
+        """(x, y, weight per row, per label scored from the stream) to score the members on; None: nothing."""
         absent = self.absent()
-        if not len(absent):
-            return None
+        present = np.setdiff1d(np.flatnonzero(self.filled > 0), absent)
         share = self.count / max(1, self.seen)
         missing = min(float(share[absent].sum()), 0.95)
         xs, ys, ws = [], [], []
@@ -175,22 +218,44 @@ class AbsentClasses:
             xs.append(self.x[c, :n])
             ys.append(np.full(n, c))
             ws.append(np.full(n, share[c] / (1.0 - missing) / n))
+        if self.past > 0 and len(present):
+            sizes = np.minimum(self.filled[present], self.keep)
+            x = np.concatenate([self.reservoir[c, :n] for c, n in zip(present, sizes, strict=True)])
+            y = np.repeat(present, sizes)
+            newer = Labeled(ids=[""] * len(self.recent_y), x=self.recent_x, y=self.recent_y)
+            holds = ~contradicted(Labeled(ids=[""] * len(y), x=x, y=y), [newer])
+            kept = np.bincount(y[holds], minlength=self.classes)
+            total = float(share[present].sum())
+            weight = self.past * share[y] / total / np.maximum(kept[y], 1)
+            xs.append(x[holds])
+            ys.append(y[holds])
+            ws.append(weight[holds])
+        if not xs or not sum(len(part) for part in ys):
+            return None
         return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
 
     def state(self) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any]]:
         arrays: dict[str, np.ndarray[Any, Any]] = {
-            "absent.count": self.count,
-            "absent.last": self.last,
-            "absent.x": self.x,
-            "absent.filled": self.filled,
+            "probes.count": self.count,
+            "probes.last": self.last,
+            "probes.x": self.x,
+            "probes.filled": self.filled,
+            "probes.reservoir": self.reservoir,
+            "probes.recent_x": self.recent_x,
+            "probes.recent_y": self.recent_y,
         }
         return arrays, {"seen": self.seen, "keep": self.keep, "absent_after": self.absent_after}
 
     def restore(self, arrays: Mapping[str, np.ndarray[Any, Any]], meta: Mapping[str, Any]) -> None:
-        if (int(meta["keep"]), *arrays["absent.x"].shape[::2]) != (self.keep, self.classes, self.x.shape[2]):
+        if (int(meta["keep"]), *arrays["probes.x"].shape[::2]) != (self.keep, self.classes, self.x.shape[2]):
             raise ValueError("the saved held-out samples were kept for other classes, features or sizes")
         self.seen = int(meta["seen"])
-        self.count = np.asarray(arrays["absent.count"], dtype=np.int64).copy()
-        self.last = np.asarray(arrays["absent.last"], dtype=np.int64).copy()
-        self.x = np.asarray(arrays["absent.x"], dtype=np.float32).copy()
-        self.filled = np.asarray(arrays["absent.filled"], dtype=np.int64).copy()
+        self.count = np.asarray(arrays["probes.count"], dtype=np.int64).copy()
+        self.last = np.asarray(arrays["probes.last"], dtype=np.int64).copy()
+        self.x = np.asarray(arrays["probes.x"], dtype=np.float32).copy()
+        self.filled = np.asarray(arrays["probes.filled"], dtype=np.int64).copy()
+        self.reservoir = np.asarray(arrays["probes.reservoir"], dtype=np.float32).copy()
+        self.recent_x = np.asarray(arrays["probes.recent_x"], dtype=np.float32)[-self.recent :].copy()
+        self.recent_y = np.asarray(arrays["probes.recent_y"], dtype=np.int64)[-self.recent :].copy()
+        # The reservoir's draws go on from a generator of their own: any is as good as the one it had.
+        self._rng = np.random.default_rng(self.seen)
