@@ -282,16 +282,13 @@ class RestartingLDA:
             self._restart_scatter()
         if not bool(self.pending.any()):
             return
-        since = min(self.lda.learned - self.cut, len(self.recent_y))
-        labels = self.recent_y[-since:] if since else self.recent_y[:0]
+        f, labels, _ = self._since_cut()
         weight = torch.zeros_like(self.lda.class_weight).index_add_(
-            0, labels, torch.ones(since, dtype=torch.float64)
+            0, labels, torch.ones(len(labels), dtype=torch.float64)
         )
         back = self.pending & (weight > 0)  # marked classes that have come since the change
         if bool(back.any()):
-            sums = torch.zeros_like(self.lda.class_sums).index_add_(
-                0, labels, self.recent_f[-since:].double()
-            )
+            sums = torch.zeros_like(self.lda.class_sums).index_add_(0, labels, f.double())
             self.lda.class_weight[back] = weight[back]
             self.lda.class_sums[back] = sums[back]
             self.pending &= ~back
@@ -306,7 +303,7 @@ class RestartingLDA:
         and a higher one after (the split of the greatest Bernoulli likelihood), among the
         labels since the last cut; ADWIN's window when no split raises the rate.
         """
-        errors = self.recent_wrong[-min(len(self.recent_wrong), self.lda.learned - self.cut) :].double()
+        errors = self._since_cut()[2].double()
         m = len(errors)
         if m < 2:
             return window
@@ -324,12 +321,17 @@ class RestartingLDA:
             return window
         return int(m - k[int(score.argmax())])
 
+    def _since_cut(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The recent rows, labels and errors learned since the last change found (as many as are kept)."""
+        since = min(self.lda.learned - self.cut, len(self.recent_y))
+        start = len(self.recent_y) - since
+        return self.recent_f[start:], self.recent_y[start:], self.recent_wrong[start:]
+
     def _restart_scatter(self) -> None:
         """The covariance's sums from the labels after the cut, what came before worth ``carried`` samples."""
         lda = self.lda
-        since = min(lda.learned - self.cut, len(self.recent_y))
-        f = self.recent_f[len(self.recent_f) - since :].double()
-        y = self.recent_y[len(self.recent_y) - since :]
+        f, y, _ = self._since_cut()
+        f, since = f.double(), len(y)
         weight = torch.zeros_like(lda.weight).index_add_(0, y, torch.ones(since, dtype=torch.float64))
         sums = torch.zeros_like(lda.sums).index_add_(0, y, f)
         outer = f.T @ f
