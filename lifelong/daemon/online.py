@@ -212,9 +212,9 @@ class OnlineMembers:
             fresh = [e[0] > network_trained_upto for e in events[recent]]
             self._score(network, x[recent], y[recent], fresh)
             held = np.fromiter((self.held_out(e[1]) for e in events), bool, len(events))
-            with self._guard:
+            with self._guard:  # saving reads them
                 self.probes.observe(x, y, held=held)
-                probe = self.probes.probes()
+            probe = self.probes.probes()  # only this thread changes them; serving does not wait on it
             if probe is not None:
                 self._score_probes(network, *probe, scored=len(y[recent]))
             with self._guard:
