@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lifelong.learners.base import Labeled
-from lifelong.learners.gate import Gate
+from lifelong.learners.gate import Gate, contradicted
 
 Array = np.ndarray[Any, Any]
 RNG = np.random.default_rng(0)
@@ -171,3 +171,19 @@ def test_new_classes_being_learned_are_not_a_change() -> None:
     # The same rise of errors on classes the older half already held is a change.
     relabeled = Labeled(ids=learning.ids, x=x, y=same_classes)
     assert Gate().since_change(answers(same_classes), relabeled) is not None
+
+
+def test_repeated_inputs_are_judged_by_their_newest_labels() -> None:
+    # Categorical inputs repeat exactly: one cell's label changed ~30 of its labels ago, after ~100 old ones.
+    cells = np.eye(3, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, 3, 300)
+    after = rng.integers(0, 3, 90)
+    old_labels, new_labels = np.array([0, 1, 1]), np.array([1, 1, 1])  # cell 0 flipped, the others held
+    newer = Labeled(
+        ids=[""] * 390,
+        x=cells[np.concatenate([before, after])],
+        y=np.concatenate([old_labels[before], new_labels[after]]),
+    )
+    older = Labeled(ids=["a", "b", "c"], x=cells, y=old_labels)
+    assert contradicted(older, [newer]).tolist() == [True, False, False]

@@ -331,10 +331,12 @@ def contradicted(older: Labeled, newer: list[Labeled], *, k: int = 5) -> np.ndar
 
     "Close" is within 1.5 x the distance inside which 90% of the newer samples find their own
     ``k``-th neighbour; a sample far from every newer one is not contradicted (nothing says
-    otherwise there). Inputs are standardized by the newer samples' statistics first.
+    otherwise there). Inputs are standardized by the newer samples' statistics first. Among
+    neighbours equally close (inputs that repeat, as categorical ones do) the newest count.
     """
-    reference_x = np.concatenate([np.asarray(p.x, dtype=np.float32) for p in newer])[-20_000:]
-    reference_y = np.concatenate([p.y for p in newer])[-20_000:]
+    # Newest first: of neighbours equally close (repeated inputs) the newest labels are the ones found.
+    reference_x = np.concatenate([np.asarray(p.x, dtype=np.float32) for p in newer])[-20_000:][::-1]
+    reference_y = np.concatenate([p.y for p in newer])[-20_000:][::-1]
     k = min(k, len(reference_y) - 1)
     if not len(older) or k < 1:
         return np.zeros(len(older), dtype=bool)
