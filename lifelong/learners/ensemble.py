@@ -162,7 +162,7 @@ class Probes:
         features: int,
         keep: int = 32,
         absent_after: int = 300,
-        recent: int = 200,
+        recent: int = 100,
         past: float = 1.0,
         seed: int = 0,
     ) -> None:
