@@ -251,13 +251,19 @@ def run_avalanche(
         strategy = GDumb(mem_size=memory_size, **common)
     else:
         raise ValueError(f"no Avalanche strategy {name!r}; choose from {AVALANCHE}")
+    # One benchmark, a round per experience: strategies that count experiences (ER_ACE replays
+    # only from the second on) see the rounds as the stream they are.
+    rounds = [(number, new) for number, task in enumerate(sc.tasks) for new in chunks(task, round_size)]
+    stream = benchmark_from_datasets(
+        train=[tensor_dataset(as_inputs(new.x), torch.from_numpy(new.y), task_labels=0) for _, new in rounds]
+    ).train_stream
     matrix = []
-    for task in sc.tasks:
-        for new in chunks(task, round_size):
-            shell._seen[torch.from_numpy(new.y)] = True
-            data = tensor_dataset(as_inputs(new.x), torch.from_numpy(new.y), task_labels=0)
-            strategy.train(benchmark_from_datasets(train=[data]).train_stream[0])
-        matrix.append(evaluate(shell, sc))
+    for k, ((number, new), experience) in enumerate(zip(rounds, stream, strict=True)):
+        shell._seen[torch.from_numpy(new.y)] = True
+        strategy.train(experience)
+        if k + 1 == len(rounds) or rounds[k + 1][0] != number:  # the task's last round
+            shell.model = strategy.model  # GDumb trains a fresh copy of the initial model each round
+            matrix.append(evaluate(shell, sc))
     return {"matrix": matrix}
 
 

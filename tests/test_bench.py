@@ -52,6 +52,10 @@ def test_learning_bench_on_split_digits(tmp_path: Path) -> None:
         "lda_rff",
         "joint",
     }
+    # Avalanche's replay strategies replay: each round is an experience of one stream (ER_ACE replays
+    # only from the second experience on; GDumb's model is the one it retrained).
+    baselines = result["baselines"]
+    assert min(baselines["avalanche_er_ace"], baselines["avalanche_gdumb"]) > baselines["naive"] + 0.2
     # What is served is the members' vote; each member is reported, the forgetting-free head too.
     assert {"served", "network", "lda"} <= set(result["members"])
     assert result["members"]["served"] == result["final_avg_accuracy"]
