@@ -41,7 +41,7 @@ from lifelong.benchmarks import SCENARIOS, Scenario, scenario
 from lifelong.config import LearnerSettings, ScheduleSettings
 from lifelong.daemon.learning import build_gate, build_heads
 from lifelong.learners.avalanche import AvalancheLearner
-from lifelong.learners.base import Labeled, Learner, as_inputs
+from lifelong.learners.base import Labeled, Learner, as_inputs, class_probabilities, most_likely
 from lifelong.learners.ensemble import Hedge, Probes
 from lifelong.learners.heads import Heads
 from lifelong.learners.models import build_model
@@ -71,12 +71,12 @@ def evaluate_members(
     """Each member's accuracy per task's test set, and the served vote's (``served``)."""
     out: dict[str, list[float]] = collections.defaultdict(list)
     for task in sc.tasks:
-        members = heads.predict(task.test_x)
+        beliefs = heads.probabilities(task.test_x)
         if network is not None:
-            members["network"] = network.predict(task.test_x)
-        for name, labels in members.items():
-            out[name].append(float((labels == task.test_y).mean()))
-        served = hedge.combine(members, classes=sc.classes)
+            beliefs["network"] = class_probabilities(network, task.test_x)
+        for name, given in beliefs.items():
+            out[name].append(float((most_likely(given) == task.test_y).mean()))
+        served = hedge.combine(beliefs, classes=sc.classes)
         out["served"].append(float((served == task.test_y).mean()))
     return dict(out)
 

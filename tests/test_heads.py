@@ -263,6 +263,35 @@ def test_the_ensemble_trusts_the_member_that_is_right_lately() -> None:
         restored.restore(hedge.state() | {"format": 0})
 
 
+def test_members_about_as_good_decide_by_how_sure_each_is() -> None:
+    hedge = Hedge()  # nothing scored: three members weigh alike
+    sure = np.array([[0.9, 0.1], [0.2, 0.8]])
+    unsure = np.array([[0.45, 0.55], [0.55, 0.45]])
+    # Two unsure members outvote the sure one by labels; by probabilities the sure one decides.
+    assert hedge.combine({"a": sure, "b": unsure, "c": unsure}, classes=2).tolist() == [0, 1]
+    labels = {"a": sure.argmax(1), "b": unsure.argmax(1), "c": unsure.argmax(1)}
+    assert hedge.combine(labels, classes=2).tolist() == [1, 0]
+    # A member giving labels only counts as certain of them beside those giving probabilities.
+    assert hedge.combine({"a": unsure, "b": np.array([1, 1])}, classes=2).tolist() == [1, 1]
+
+
+def test_each_members_probabilities_agree_with_its_labels() -> None:
+    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 100], linear=[0.05], restarting=True)
+    x, y = blobs(400, 14, classes=[0, 1, 2])
+    before = heads.probabilities(x[:3])
+    np.testing.assert_allclose(before["prior"], np.full((3, CLASSES), 1 / CLASSES))  # nothing known yet
+    heads.learn(x, y)
+    probabilities, labels = heads.probabilities(x), heads.predict(x)
+    assert set(probabilities) == set(labels) == set(heads.names)
+    for name, p in probabilities.items():
+        np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(p.argmax(1), labels[name])
+    # The discriminants give the classes they never saw no chance; the prior answers the shares.
+    assert probabilities["lda"][:, 3:].max() == 0.0
+    np.testing.assert_allclose(probabilities["prior"][0, :3].sum(), 1.0, rtol=1e-4)
+    assert 0.2 < probabilities["prior"][0, 0] < 0.5
+
+
 def fill(store: SampleStore, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], start: int) -> None:
     batch = IngestBatch()
     for i, (row, label) in enumerate(zip(x, y, strict=True)):

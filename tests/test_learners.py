@@ -111,6 +111,11 @@ def test_a_round_learns_and_predicts_only_classes_seen() -> None:
     assert set(np.unique(learner.predict(X_TEST))) <= {0, 1, 2}
     seen = np.isin(Y_TEST, (0, 1, 2))
     assert accuracy(learner, X_TEST[seen], Y_TEST[seen]) > max(0.8, before)
+    # What it gives the served vote: probabilities that agree with its labels, none on unseen classes.
+    probabilities = learner.probabilities(X_TEST)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(probabilities.argmax(1), learner.predict(X_TEST))
+    assert probabilities[:, 3:].max() == 0.0
 
 
 def test_replay_keeps_old_classes_that_naive_fine_tuning_forgets() -> None:

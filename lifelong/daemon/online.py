@@ -263,8 +263,12 @@ class OnlineMembers:
         """Each member's prediction of ``x`` (before the first labels, the prior's: class 0)."""
         return self._predictor.predict(x) if len(x) else {}
 
+    def probabilities(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """Each member's class probabilities of ``x`` (rows x classes), what :meth:`serve` takes."""
+        return self._predictor.probabilities(x) if len(x) else {}
+
     def serve(self, members: dict[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
-        """The members' weighted vote (see :class:`~lifelong.learners.ensemble.Hedge`)."""
+        """The members' weighted vote of their probabilities or labels (see :meth:`Hedge.combine`)."""
         with self._guard:
             return self.hedge.combine(members, classes=self.heads.classes)
 

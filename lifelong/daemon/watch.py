@@ -24,7 +24,7 @@ from lifelong.daemon.ingest import Stored
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.online import OnlineMembers
-from lifelong.learners.base import Learner
+from lifelong.learners.base import Learner, class_probabilities, most_likely
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.rehearsal import RehearsalMemory
 
@@ -136,16 +136,19 @@ class Watch:
     def _predict(
         self, models: dict[int, Learner], ids: list[str], x: np.ndarray[Any, Any], labels: list[int | None]
     ) -> list[bool]:
-        predictions = {version: model.predict(x) for version, model in models.items()}
-        members = self.online.predict(x) if self.online is not None else {}
         serving = max(models) if models else None  # the champion: a probation's predecessor is older
+        predictions = {version: model.predict(x) for version, model in models.items() if version != serving}
+        beliefs = self.online.probabilities(x) if self.online is not None else {}
         if serving is not None:
             self._check_range(serving, models[serving], x)
-            if members:
-                members["network"] = predictions[serving]
+            network = class_probabilities(models[serving], x)  # its probabilities join the vote
+            predictions[serving] = most_likely(network)
+            if beliefs:
+                beliefs["network"] = network
+        members = {name: most_likely(given) for name, given in beliefs.items()}
         if members:
             assert self.online is not None
-            served = self.online.serve(members)
+            served = self.online.serve(beliefs)
         elif serving is not None:
             served = predictions[serving]
         else:

@@ -229,6 +229,11 @@ class AvalancheLearner:
         """The most likely seen label of each row of ``x``."""
         return self.logits(x).argmax(1).numpy()
 
+    def probabilities(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Each row's probability of each class (0 for classes never trained on; float32)."""
+        probabilities: np.ndarray[Any, Any] = torch.softmax(self.logits(x), dim=1).numpy()
+        return probabilities
+
     def update(
         self, new: Labeled, replay: ReplaySource | None = None, *, stop: Callable[[], bool] | None = None
     ) -> RoundReport:

@@ -103,3 +103,22 @@ def accuracy(learner: Learner, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any])
     if not len(y):
         return float("nan")
     return float((learner.predict(x) == np.asarray(y)).mean())
+
+
+def class_probabilities(learner: Learner, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Each row's class probabilities (rows x classes) from a learner that gives them, else its labels.
+
+    What :meth:`~lifelong.learners.ensemble.Hedge.combine` takes for a member: a learner
+    with only ``predict`` counts as certain of its label.
+    """
+    given = getattr(learner, "probabilities", None)
+    if given is None:
+        return learner.predict(x)
+    probabilities: np.ndarray[Any, Any] = given(x)
+    return probabilities
+
+
+def most_likely(given: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The label of each row of :func:`class_probabilities`' answer."""
+    labels: np.ndarray[Any, Any] = given.argmax(1) if given.ndim == 2 else given
+    return labels

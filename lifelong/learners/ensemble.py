@@ -8,8 +8,9 @@ so a member that has just joined is not trusted before it has shown anything.
 The weight of a member is ``exp(-rate * window)``, ``window`` being the scores
 the discounting effectively remembers: two members apart by 5 points over a
 window of 300 scores are 15 errors apart, a factor of e^15. The served label
-is the weighted vote: the clearly better member decides alone, members about
-as good vote together.
+is the class of highest weighted probability (each member's class probabilities
+times its weight): the clearly better member decides alone, members about as
+good decide together, each counting most where it is sure.
 
 Recent labels alone would mislead the vote whenever they show only part of what
 still holds: while only the newest classes arrive (class-incremental), or every
@@ -108,13 +109,23 @@ class Hedge:
     def combine(
         self, predictions: Mapping[str, np.ndarray[Any, Any]], *, classes: int
     ) -> np.ndarray[Any, Any]:
-        """The weighted vote of the members' predicted labels."""
+        """The label of highest weighted probability, the members' probabilities weighed by their weights.
+
+        Each member gives its class probabilities (rows x ``classes``) or its labels (one per
+        row, counted as certain). Averaging probabilities rather than votes lets members that
+        know different things (the one that never forgets a class, the network that draws
+        finer boundaries) correct each other where one of them is unsure.
+        """
         weights = self.weights(predictions)
         n = len(next(iter(predictions.values())))
         votes = np.zeros((n, classes))
         rows = np.arange(n)
-        for member, labels in predictions.items():
-            votes[rows, np.asarray(labels, dtype=np.int64)] += weights[member]
+        for member, given in predictions.items():
+            given = np.asarray(given)
+            if given.ndim == 2:
+                votes += weights[member] * given
+            else:
+                votes[rows, given.astype(np.int64)] += weights[member]
         chosen: np.ndarray[Any, Any] = votes.argmax(1)
         return chosen
 

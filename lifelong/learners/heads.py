@@ -95,13 +95,13 @@ class Predictor:
     maps: dict[str, float]  # name -> the map it reads (1.0 when not named)
 
     @torch.no_grad()
-    def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
-        """Each head's predicted label of each row of ``x``."""
+    def scores(self, x: np.ndarray[Any, Any]) -> dict[str, torch.Tensor]:
+        """Each head's linear scores of each row of ``x`` (rows x classes; -inf: a class it never saw)."""
         z = as_inputs(x)
         mode, shift, scale = self.scale
         if mode in ("standardize", "range"):
             z = (z - shift) / scale
-        labels: dict[str, np.ndarray[Any, Any]] = {}
+        out: dict[str, torch.Tensor] = {}
         for bandwidth, projection in self.projections.items():
             names = [name for name in self.heads if self.maps.get(name, 1.0) == bandwidth]
             if not names:
@@ -110,9 +110,27 @@ class Predictor:
             coef = torch.cat([self.heads[name][0] for name in names])  # the map's heads in one product
             bias = torch.cat([self.heads[name][1] for name in names])
             scores = torch.addmm(bias, f, coef.T).view(len(f), len(names), -1)
-            chosen = scores.argmax(2).numpy()
-            labels |= {name: chosen[:, k] for k, name in enumerate(names)}
-        return {name: labels[name] for name in self.heads}
+            out |= {name: scores[:, k] for k, name in enumerate(names)}
+        return {name: out[name] for name in self.heads}
+
+    def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """Each head's predicted label of each row of ``x``."""
+        return {name: s.argmax(1).numpy() for name, s in self.scores(x).items()}
+
+    def probabilities(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """Each head's class probabilities of each row of ``x`` (the softmax of its scores; float32).
+
+        A discriminant's scores are its log posteriors up to a constant per row, a logistic
+        regression's are its logits, the prior's the log of its class shares.
+        """
+        return {name: softmax(s) for name, s in self.scores(x).items()}
+
+
+def softmax(scores: torch.Tensor) -> np.ndarray[Any, Any]:
+    """Rows of scores to probabilities; a row with no finite score (nothing learned) is uniform."""
+    finite = scores.nan_to_num(nan=-1e30, neginf=-1e30, posinf=1e30)
+    probabilities: np.ndarray[Any, Any] = torch.softmax(finite.float(), dim=1).numpy()
+    return probabilities
 
 
 class Heads:
@@ -287,6 +305,10 @@ class Heads:
     def predict(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
         """Each member's predicted label of each row of ``x``."""
         return self.predictor().predict(x) if len(x) else {}
+
+    def probabilities(self, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """Each member's class probabilities of each row of ``x`` (see :meth:`Predictor.probabilities`)."""
+        return self.predictor().probabilities(x) if len(x) else {}
 
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, meta) from which :meth:`restore` continues exactly."""

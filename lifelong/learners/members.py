@@ -39,7 +39,8 @@ class PriorCounts:
         self.weight.index_add_(0, y, self.decay**age)
 
     def fit(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros(len(self.weight), width), self.weight.float()
+        """No coefficients; the log of each class's (decayed) count (equal before any label: class 0)."""
+        return torch.zeros(len(self.weight), width), torch.log(self.weight.clamp(min=1e-9)).float()
 
 
 class OnlineLogistic:
