@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from lifelong.errors import ConfigError
 
@@ -277,6 +285,22 @@ class MonitorSettings(_Section):
     # Standard errors of the paired difference added to the margin: a few samples' luck is no fault.
     rollback_z: float = Field(2.0, ge=0)
 
+    @field_validator("novelty_clear", "label_shift_clear")
+    @classmethod
+    def _clears_below_alarm(cls, value: float, info: ValidationInfo) -> float:
+        alarm = info.data.get(str(info.field_name).replace("_clear", "_alarm"))
+        if alarm is not None and value > alarm:
+            raise ValueError(f"must not exceed the alarm level {alarm} (an alarm could never clear)")
+        return value
+
+    @field_validator("rollback_window")
+    @classmethod
+    def _window_holds_min_labels(cls, value: int, info: ValidationInfo) -> int:
+        least = info.data.get("rollback_min_labels")
+        if least is not None and value < least:
+            raise ValueError(f"must be at least rollback_min_labels ({least}): no rollback could be judged")
+        return value
+
 
 class HttpSettings(_Section):
     """The HTTP port: /metrics, /healthz, /readyz, GET /versions and the admin POST /rollback."""
@@ -291,6 +315,14 @@ class HttpSettings(_Section):
     # The heartbeat file `lifelong check` reads (default: <state dir>/HEARTBEAT), and its staleness limit.
     heartbeat_s: float = Field(5.0, gt=0)
     heartbeat_stale_s: float = Field(60.0, gt=0)
+
+    @field_validator("heartbeat_stale_s")
+    @classmethod
+    def _stale_after_beats(cls, value: float, info: ValidationInfo) -> float:
+        beat = info.data.get("heartbeat_s")
+        if beat is not None and value <= beat:
+            raise ValueError(f"must exceed heartbeat_s ({beat}): a live daemon would read as stale")
+        return value
 
 
 class Settings(_Section):

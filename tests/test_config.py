@@ -45,6 +45,10 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         ({}, {"LIFELONG_LEARNER__HEADS": "[0, 100"}, "LIFELONG_LEARNER__HEADS"),
         ({}, {"LIFELONG_LEARNER__LINEAR": "[0.01, 0.01]"}, "learner.linear"),
         ({}, {"LIFELONG_LEARNER__RESTARTING_BANDWIDTHS": "[]"}, "learner.restarting_bandwidths"),
+        ({"monitor": {"novelty_alarm": 1.2, "novelty_clear": 1.5}}, {}, "monitor.novelty_clear"),
+        ({}, {"LIFELONG_MONITOR__LABEL_SHIFT_CLEAR": "0.5"}, "monitor.label_shift_clear"),
+        ({"monitor": {"rollback_window": 100}}, {}, "monitor.rollback_window"),
+        ({"http": {"heartbeat_s": 90}}, {}, "http.heartbeat_stale_s"),
     ],
     ids=[
         "zero features",
@@ -57,6 +61,10 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         "env list not JSON",
         "env list repeats",
         "no restarting bandwidth",
+        "novelty clears above its alarm",
+        "label shift clears above its alarm",
+        "rollback window below its minimum",
+        "heartbeat stale before a beat",
     ],
 )
 def test_invalid_config_names_the_key(make_config, sections, environ, key) -> None:  # type: ignore[no-untyped-def]
