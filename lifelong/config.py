@@ -288,9 +288,10 @@ class MonitorSettings(_Section):
     @field_validator("novelty_clear", "label_shift_clear")
     @classmethod
     def _clears_below_alarm(cls, value: float, info: ValidationInfo) -> float:
-        alarm = info.data.get(str(info.field_name).replace("_clear", "_alarm"))
+        key = str(info.field_name).replace("_clear", "_alarm")
+        alarm = info.data.get(key)
         if alarm is not None and value > alarm:
-            raise ValueError(f"must not exceed the alarm level {alarm} (an alarm could never clear)")
+            raise ValueError(f"must not exceed {key} ({alarm}): a raised alarm would never clear")
         return value
 
     @field_validator("rollback_window")

@@ -45,7 +45,11 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         ({}, {"LIFELONG_LEARNER__HEADS": "[0, 100"}, "LIFELONG_LEARNER__HEADS"),
         ({}, {"LIFELONG_LEARNER__LINEAR": "[0.01, 0.01]"}, "learner.linear"),
         ({}, {"LIFELONG_LEARNER__RESTARTING_BANDWIDTHS": "[]"}, "learner.restarting_bandwidths"),
-        ({"monitor": {"novelty_alarm": 1.2, "novelty_clear": 1.5}}, {}, "monitor.novelty_clear"),
+        (
+            {"monitor": {"novelty_alarm": 1.2, "novelty_clear": 1.5}},
+            {},
+            "monitor.novelty_clear: Value error, must not exceed novelty_alarm",
+        ),
         ({}, {"LIFELONG_MONITOR__LABEL_SHIFT_CLEAR": "0.5"}, "monitor.label_shift_clear"),
         ({"monitor": {"rollback_window": 100}}, {}, "monitor.rollback_window"),
         ({"http": {"heartbeat_s": 90}}, {}, "http.heartbeat_stale_s"),
