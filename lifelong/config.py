@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-import typing
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,14 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
 )
 
 from lifelong.errors import ConfigError
@@ -185,6 +193,18 @@ class LearnerSettings(_Section):
     # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
     ensemble_half_life: float = Field(200.0, gt=0)
 
+    @field_validator("model_options")
+    @classmethod
+    def _options_typed(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {key: _scalar(option) for key, option in value.items()}
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugin_options_typed(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {
+            name: {key: _scalar(option) for key, option in options.items()} for name, options in value.items()
+        }
+
     @field_validator("heads")
     @classmethod
     def _half_lives(cls, value: list[int]) -> list[int]:
@@ -326,8 +346,44 @@ class HttpSettings(_Section):
         return value
 
 
-class Settings(_Section):
-    """Everything the daemon reads from its configuration."""
+def _scalar(value: Any) -> Any:
+    """A free-form option as typed: an environment variable's ``"2"`` or ``"true"`` is 2 or True."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return value  # a word ("online") stays a string
+    return parsed if isinstance(parsed, int | float | bool) or parsed is None else value
+
+
+class _Environment(EnvSettingsSource):
+    """``LIFELONG_<SECTION>__<KEY>`` variables from a given mapping (the process's by default)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {name.lower(): value for name, value in environ.items()}
+
+
+# The file and environment the next Settings() reads (load_settings sets them for its call).
+_SOURCES: ContextVar[tuple[Path | None, Mapping[str, str]] | None] = ContextVar("sources", default=None)
+
+
+class Settings(BaseSettings):
+    """Everything the daemon reads from its configuration.
+
+    Sources, highest first: ``LIFELONG_<SECTION>__<KEY>`` environment variables (deeper
+    tables by more ``__``: ``LIFELONG_LEARNER__PLUGINS__EWC__EWC_LAMBDA=2``; list and
+    table values as JSON), then the TOML file, then the defaults. Tables merge key by key.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
 
     kafka: KafkaSettings = KafkaSettings()
     data: DataSettings = DataSettings()
@@ -338,28 +394,46 @@ class Settings(_Section):
     monitor: MonitorSettings = MonitorSettings()
     http: HttpSettings = HttpSettings()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path, environ = _SOURCES.get() or (None, os.environ)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _Environment(settings_cls, environ)]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
 
 def load_settings(
     path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] = os.environ
 ) -> Settings:
-    """Read ``path`` (TOML, optional), apply environment overrides and validate.
+    """Read ``path`` (TOML, optional), apply the ``LIFELONG_*`` variables of ``environ`` and validate.
 
-    Raises :class:`ConfigError` naming every offending key.
+    Raises :class:`ConfigError` naming every offending key, before anything connects anywhere.
     """
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            with open(path, "rb") as file:
-                raw = tomllib.load(file)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {source!r} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {source!r} is not valid TOML: {error}") from None
-    _apply_environment(raw, environ)
+    source = "defaults" if path is None else str(path)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {source!r} does not exist")
+    environ = dict(environ)
+    if token := environ.get(ADMIN_TOKEN_ENV):  # the conventional name for a secret mounted from a vault
+        environ.setdefault(f"{ENV_PREFIX}HTTP{ENV_DELIMITER}ADMIN_TOKEN", token)
+    for name in environ:
+        section = name[len(ENV_PREFIX) :].lower().partition(ENV_DELIMITER)[0]
+        if name.startswith(ENV_PREFIX) and ENV_DELIMITER in name and section not in Settings.model_fields:
+            raise ConfigError(f"{name}: no [{section}] section; sections are {sorted(Settings.model_fields)}")
+    sources = _SOURCES.set((None if path is None else Path(path), environ))
     try:
-        return Settings.model_validate(raw)
+        return Settings()
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {source!r} is not valid TOML: {error}") from None
+    except SettingsError as error:  # a list or table variable that is not JSON
+        raise ConfigError(f"invalid configuration ({source}): {_not_json(environ) or error}") from None
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
@@ -367,31 +441,18 @@ def load_settings(
             for item in error.errors()
         )
         raise ConfigError(f"invalid configuration ({source}): {problems}") from None
+    finally:
+        _SOURCES.reset(sources)
 
 
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    if token := environ.get(ADMIN_TOKEN_ENV):  # the conventional name for a secret mounted from a vault
-        http = raw.setdefault("http", {})
-        if isinstance(http, dict):
-            http["admin_token"] = token
+def _not_json(environ: Mapping[str, str]) -> str:
+    """The ``LIFELONG_*`` variables that look like a list or table but are not JSON, said as an error."""
+    bad = []
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or ENV_DELIMITER not in name:
+        if not name.startswith(ENV_PREFIX) or not value.lstrip().startswith(("[", "{")):
             continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition(ENV_DELIMITER)
-        table = raw.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{name}: [{section}] is not a table in the config file")
-        table[key] = _environment_value(name, section, key, value)
-
-
-def _environment_value(name: str, section: str, key: str, value: str) -> Any:
-    """The value as the setting reads it: JSON for list and table settings (as pydantic-settings does)."""
-    model = Settings.model_fields.get(section)
-    fields = model.annotation.model_fields if model is not None and model.annotation else {}
-    field = fields.get(key)
-    if field is None or typing.get_origin(field.annotation) not in (list, dict, tuple):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{name}: [{section}] {key} takes JSON (e.g. [0, 100]): {error}") from None
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as error:
+            bad.append(f"{name} takes JSON (e.g. [0, 100]): {error}")
+    return "; ".join(bad)

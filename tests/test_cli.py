@@ -13,7 +13,7 @@ from lifelong import __version__
 from lifelong.daemon.cli import build_parser, main
 from tests.test_store import damage_middle, filled
 
-COMMANDS = ["run", "check", "status", "forget", "versions", "rollback", "produce", "broker", "demo"]
+COMMANDS = ["run", "config", "check", "status", "forget", "versions", "rollback", "produce", "broker", "demo"]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,6 +53,44 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, clean_env: Non
     )
     assert done.returncode == 2
     assert "data.features" in done.stderr
+
+
+def test_config_prints_the_effective_settings_with_environment_overrides_and_secrets_masked(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lifelong.toml"
+    config.write_text("[learner]\nheads = [0]\n[learner.plugins.lwf]\nalpha = 0.5\n[http]\nport = 9999\n")
+    monkeypatch.setenv("LIFELONG_LEARNER__FREEZE", '["body."]')
+    monkeypatch.setenv("LIFELONG_LEARNER__PLUGINS__EWC__EWC_LAMBDA", "2")
+    monkeypatch.setenv("LIFELONG_HTTP__PORT", "9000")
+    monkeypatch.setenv("LIFELONG_ADMIN_TOKEN", "s3cret")
+    assert main(["config", "--config", str(config), "--json"]) == 0
+    out = capsys.readouterr().out
+    effective = json.loads(out)
+    learner = effective["learner"]
+    assert learner["freeze"] == ["body."] and learner["heads"] == [0]
+    # Tables merge key by key: the file's plugin stays beside the one the environment adds, typed.
+    assert learner["plugins"] == {"lwf": {"alpha": 0.5}, "ewc": {"ewc_lambda": 2}}
+    assert effective["http"]["port"] == 9000  # the environment over the file
+    assert "s3cret" not in out and effective["http"]["admin_token"] == "**********"
+
+
+def test_a_config_whose_alarm_clears_above_its_level_stops_run_naming_both_keys(
+    tmp_path: Path, clean_env: None
+) -> None:
+    config = tmp_path / "lifelong.toml"
+    # A broker nobody listens on: the error must come before any connection is tried.
+    config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[monitor]\nnovelty_clear = 2.0\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "lifelong.daemon.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "monitor.novelty_clear" in done.stderr and "novelty_alarm" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_status_without_state_says_so(

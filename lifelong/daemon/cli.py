@@ -96,6 +96,19 @@ def _run(settings: Settings, *, burst: bool) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    effective = _settings(args).model_dump(mode="json")  # secrets print as "**********"
+    if args.json:
+        print(json.dumps(effective, indent=2))
+        return 0
+    for section, keys in effective.items():
+        print(f"[{section}]")
+        for key, value in keys.items():
+            print(f"{key} = {json.dumps(value)}")
+        print()
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from lifelong.daemon.app import RunState, read_heartbeat
     from lifelong.daemon.wiring import heartbeat_path
@@ -290,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit once every partition is drained (tests, backfills)",
     )
     run.set_defaults(handler=_cmd_run)
+
+    config = commands.add_parser(
+        "config",
+        help="print the effective settings (file, then LIFELONG_* environment overrides), secrets masked",
+        description="Validate the settings as `lifelong run` would and print the effective values: the "
+        "TOML file's, overridden by LIFELONG_<SECTION>__<KEY> environment variables, over the defaults. "
+        "Exit 2 naming the key when they are invalid.",
+    )
+    config.add_argument("--config", "-c", help="TOML settings file")
+    config.add_argument("--json", action="store_true", help="print JSON")
+    config.set_defaults(handler=_cmd_config)
 
     check = commands.add_parser(
         "check",
