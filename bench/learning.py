@@ -39,9 +39,9 @@ import torch
 
 from lifelong.benchmarks import SCENARIOS, Scenario, scenario
 from lifelong.config import LearnerSettings, ScheduleSettings
-from lifelong.daemon.learning import build_gate, build_heads
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import Labeled, Learner, as_inputs, class_probabilities, most_likely
+from lifelong.learners.configured import build_gate, build_heads
 from lifelong.learners.ensemble import Hedge, Probes
 from lifelong.learners.heads import Heads
 from lifelong.learners.models import build_model

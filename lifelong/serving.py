@@ -29,14 +29,21 @@ from typing import Any
 import numpy as np
 
 from lifelong.connectors.base import Tail
-from lifelong.daemon.update import load_version
 from lifelong.errors import LifelongError
-from lifelong.learners.base import Learner
+from lifelong.learners.base import Checkpoint, Learner
 from lifelong.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 RELOAD_EVENTS = {"promoted", "rolled_back"}
+
+
+def load_version(registry: ModelRegistry, version: int, build: Callable[[], Learner]) -> Learner:
+    """A learner restored from a registry version (weights, optimizer and plugin state)."""
+    loaded = registry.load(version)
+    learner = build()
+    learner.restore(Checkpoint(weights=loaded.weights, state=loaded.state, meta=dict(loaded.info.learner)))
+    return learner
 
 
 class ServingModel:
@@ -73,9 +80,10 @@ class ServingModel:
     def from_config(cls, path: str | Path | None, *, follow: bool = True) -> ServingModel:
         """From a daemon's config file: its registry, its model, and (``follow``) its models topic."""
         from lifelong.config import load_settings
+        from lifelong.connectors.kafka import client_options
         from lifelong.connectors.kafka_topics import KafkaTail
-        from lifelong.daemon.learning import build_learner, open_registry
-        from lifelong.daemon.wiring import client_options
+        from lifelong.learners.configured import build_learner
+        from lifelong.registry import open_registry
 
         settings = load_settings(path)
         events = (

@@ -15,8 +15,8 @@ from lifelong.benchmarks import digits
 from lifelong.config import Settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon, RunState
-from lifelong.daemon.learning import open_registry
 from lifelong.events import encode_sample
+from lifelong.registry import open_registry
 from tests import waiting
 from tests.inprocess import daemon_from_config
 

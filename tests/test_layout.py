@@ -44,3 +44,81 @@ def test_imports_point_one_way(room: str) -> None:
             if parts[0] == "lifelong" and len(parts) > 1:
                 assert parts[1] not in FORBIDDEN[room], f"{path.name} imports {name}"
             assert parts[0] not in FORBIDDEN_LIBRARIES.get(room, set()), f"{path.name} imports {name}"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports (anywhere in it, lazily too)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                wanted = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # ``from lifelong.memory import layout`` imports the module lifelong.memory.layout
+                wanted = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            else:
+                continue
+            for target in wanted:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name and target != "lifelong":
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def test_the_layout_covers_every_room_and_top_level_module() -> None:
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert rooms == {*FORBIDDEN, "daemon"}, "a new room needs its rules in FORBIDDEN"
+    top = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert top == set(TOP_LEVEL), "a new top-level module needs its rules in TOP_LEVEL"
+
+
+# top-level module -> rooms it must never import
+TOP_LEVEL = {
+    "config": {"daemon", "learners", "memory", "registry", "connectors"},
+    "errors": {"daemon", "learners", "memory", "registry", "connectors"},
+    "events": {"daemon", "learners", "memory", "registry", "connectors"},
+    "files": {"daemon", "learners", "memory", "registry", "connectors"},
+    "benchmarks": {"daemon", "memory", "registry", "connectors"},
+    "serving": {"daemon", "memory"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(TOP_LEVEL))
+def test_top_level_modules_import_only_what_they_stand_on(module: str) -> None:
+    for name in imported(PACKAGE / f"{module}.py"):
+        parts = name.split(".")
+        if parts[0] == "lifelong" and len(parts) > 1:
+            assert parts[1] not in TOP_LEVEL[module], f"{module}.py imports {name}"
+
+
+def test_nothing_outside_the_daemon_imports_it() -> None:
+    outside = {m: t for m, t in import_graph().items() if not m.startswith("lifelong.daemon")}
+    offenders = {m: sorted(t for t in ts if t.startswith("lifelong.daemon")) for m, ts in outside.items()}
+    assert not {m: ts for m, ts in offenders.items() if ts}
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = path[path.index(module) :] + [module]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            visit(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])

@@ -12,7 +12,7 @@ import torch
 from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.daemon.cli import main
-from lifelong.daemon.learning import build_updater, open_registry
+from lifelong.daemon.learning import build_updater
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.update import Updater
 from lifelong.daemon.wiring import open_memory, open_store
@@ -20,6 +20,7 @@ from lifelong.errors import RoundDeferred
 from lifelong.events import Sample
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.samples import IngestBatch, SampleStore
+from lifelong.registry import open_registry
 from tests.streams import stored
 
 X, Y, _, _ = digits()

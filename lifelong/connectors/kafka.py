@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from lifelong.config import KafkaSettings
 from lifelong.connectors.base import Batch, Lag, TopicPartition
 from lifelong.errors import LifelongError
 
@@ -40,6 +41,30 @@ class BrokerUnavailable(LifelongError, ConnectionError):
 
 class FetcherExited(LifelongError, RuntimeError):
     """A fetcher process died: not an outage to wait out, the daemon must restart."""
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """kafka-python keyword arguments shared by consumers, producers and the admin client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers.split(","),
+        "client_id": kafka.client_id,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "security_protocol": kafka.security_protocol,
+    }
+    optional = {
+        "sasl_mechanism": kafka.sasl_mechanism,
+        "sasl_plain_username": kafka.sasl_plain_username,
+        "sasl_plain_password": (
+            kafka.sasl_plain_password.get_secret_value() if kafka.sasl_plain_password else None
+        ),
+        "ssl_cafile": str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+        "ssl_certfile": str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+        "ssl_keyfile": str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+    }
+    options.update({key: value for key, value in optional.items() if value is not None})
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_check_hostname"] = kafka.ssl_check_hostname
+    return options
 
 
 def ensure_topics(

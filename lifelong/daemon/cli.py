@@ -187,7 +187,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 
 def _cmd_versions(args: argparse.Namespace) -> int:
-    from lifelong.daemon.learning import open_registry
+    from lifelong.registry import open_registry
 
     versions = open_registry(_settings(args)).versions()
     if args.json:
@@ -206,7 +206,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from lifelong.daemon.learning import open_registry
+    from lifelong.registry import open_registry
 
     registry = open_registry(_settings(args))
     before = registry.champion()

@@ -34,13 +34,14 @@ import numpy as np
 from lifelong.benchmarks import DatasetMissingError, Scenario, scenario
 from lifelong.config import Settings, load_settings
 from lifelong.connectors.broker import EmbeddedBroker
+from lifelong.connectors.kafka import client_options
 from lifelong.connectors.kafka_topics import KafkaPublisher
 from lifelong.daemon.app import Daemon
-from lifelong.daemon.learning import build_learner
 from lifelong.daemon.report import Timeline, write_report
-from lifelong.daemon.wiring import build_daemon, client_options
+from lifelong.daemon.wiring import build_daemon
 from lifelong.events import encode_feedback, encode_sample
 from lifelong.learners.base import Labeled, Learner
+from lifelong.learners.configured import build_learner
 
 log = logging.getLogger(__name__)
 

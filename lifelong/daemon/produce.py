@@ -14,8 +14,8 @@ from collections import deque
 
 from lifelong.benchmarks import scenario
 from lifelong.config import Settings
+from lifelong.connectors.kafka import client_options
 from lifelong.connectors.kafka_topics import KafkaPublisher
-from lifelong.daemon.wiring import client_options
 from lifelong.events import encode_feedback, encode_sample
 
 log = logging.getLogger(__name__)

@@ -23,13 +23,14 @@ import numpy as np
 
 from lifelong.daemon.trust import LabelTrust
 from lifelong.errors import LifelongError, RoundDeferred, StateError
-from lifelong.learners.base import Checkpoint, Labeled, Learner
+from lifelong.learners.base import Labeled, Learner
 from lifelong.learners.gate import Verdict, contradicted, finite
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.reads import rows_matrix, stack_rows
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.registry import ModelRegistry, ModelVersion, Status
+from lifelong.serving import load_version
 
 log = logging.getLogger(__name__)
 
@@ -414,14 +415,6 @@ class Updater:
             x=stack_rows([x for _, x, _ in rows], self.features),
             y=np.asarray([y for _, _, y in rows], dtype=np.int64),
         )
-
-
-def load_version(registry: ModelRegistry, version: int, build: Callable[[], Learner]) -> Learner:
-    """A learner restored from a registry version (weights, optimizer and plugin state)."""
-    loaded = registry.load(version)
-    learner = build()
-    learner.restore(Checkpoint(weights=loaded.weights, state=loaded.state, meta=dict(loaded.info.learner)))
-    return learner
 
 
 class _Locked:

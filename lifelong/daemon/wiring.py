@@ -11,9 +11,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from lifelong.config import ADMIN_TOKEN_ENV, KafkaSettings, Settings
+from lifelong.config import ADMIN_TOKEN_ENV, Settings
 from lifelong.connectors.base import DeadLetterSink, Publisher, Source
-from lifelong.connectors.kafka import KafkaSource, ensure_topics
+from lifelong.connectors.kafka import KafkaSource, client_options, ensure_topics
 from lifelong.connectors.kafka_topics import KafkaDeadLetterSink, KafkaPublisher
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
 from lifelong.daemon.api import DeferredAdmin, HttpApi
@@ -22,7 +22,7 @@ from lifelong.daemon.control import Controller
 from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
-from lifelong.daemon.learning import build_heads, build_updater
+from lifelong.daemon.learning import build_updater
 from lifelong.daemon.live import LiveAccuracy
 from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.online import OnlineMembers
@@ -33,35 +33,12 @@ from lifelong.daemon.watch import Watch
 from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
 from lifelong.learners.base import Learner
+from lifelong.learners.configured import build_heads
 from lifelong.learners.ensemble import Hedge
 from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.memory.snapshot import SnapshotDir
-
-
-def client_options(kafka: KafkaSettings) -> dict[str, Any]:
-    """kafka-python keyword arguments shared by consumers, producers and the admin client."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers.split(","),
-        "client_id": kafka.client_id,
-        "request_timeout_ms": kafka.request_timeout_ms,
-        "security_protocol": kafka.security_protocol,
-    }
-    optional = {
-        "sasl_mechanism": kafka.sasl_mechanism,
-        "sasl_plain_username": kafka.sasl_plain_username,
-        "sasl_plain_password": (
-            kafka.sasl_plain_password.get_secret_value() if kafka.sasl_plain_password else None
-        ),
-        "ssl_cafile": str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
-        "ssl_certfile": str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
-        "ssl_keyfile": str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-    }
-    options.update({key: value for key, value in optional.items() if value is not None})
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_check_hostname"] = kafka.ssl_check_hostname
-    return options
 
 
 def closing(stack: ExitStack, what: str, close: Callable[[], object]) -> None:

@@ -19,7 +19,7 @@ import importlib
 import logging
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,10 +36,19 @@ with warnings.catch_warnings():
     from avalanche.training import plugins as avalanche_plugins
     from avalanche.training.utils import ParamData
 
-if TYPE_CHECKING:
-    from lifelong.learners.avalanche import RoundStrategy
-
 log = logging.getLogger(__name__)
+
+
+class RoundTraining(Protocol):
+    """What the replay plugin uses of the strategy training a round
+    (:class:`~lifelong.learners.avalanche.RoundStrategy`)."""
+
+    loss: torch.Tensor
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    model: nn.Module
+
+    def forward_inputs(self, x: torch.Tensor) -> torch.Tensor: ...
 
 # name -> (Avalanche plugin class, default keyword arguments)
 PLUGINS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -116,12 +125,12 @@ class MemoryReplay(SupervisedPlugin):  # type: ignore[misc]
         self.mask: torch.Tensor | None = None
         self.replayed = 0
 
-    def before_backward(self, strategy: RoundStrategy, **kwargs: Any) -> None:
+    def before_backward(self, strategy: RoundTraining, **kwargs: Any) -> None:
         loss = self._replay_loss(strategy, self.batch_size)
         if loss is not None:
             strategy.loss += loss
 
-    def after_training_exp(self, strategy: RoundStrategy, **kwargs: Any) -> None:
+    def after_training_exp(self, strategy: RoundTraining, **kwargs: Any) -> None:
         """Review: a few class-balanced steps on the memory alone at a lower learning rate.
 
         The memory holds the round's classes in proportion, so this evens out the bias
@@ -146,7 +155,7 @@ class MemoryReplay(SupervisedPlugin):  # type: ignore[misc]
             for group, rate in zip(optimizer.param_groups, rates, strict=True):
                 group["lr"] = rate
 
-    def _replay_loss(self, strategy: RoundStrategy, n: int) -> torch.Tensor | None:
+    def _replay_loss(self, strategy: RoundTraining, n: int) -> torch.Tensor | None:
         if self.source is None or self.mask is None or n <= 0:
             return None
         drawn = self.source.sample(n + n // 4, balanced=self.balanced)

@@ -8,13 +8,43 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from lifelong.errors import StateError
-from lifelong.memory.payloads import CHECKSUM
+from lifelong.memory.index import VectorIndex
+from lifelong.memory.payloads import CHECKSUM, PayloadLog
+from lifelong.memory.policies import Policy
+from lifelong.memory.slots import Slots
 
-if TYPE_CHECKING:
-    from lifelong.memory.rehearsal import RehearsalMemory
+
+class RehearsalMemory(Protocol):
+    """What a snapshot holds of a :class:`~lifelong.memory.rehearsal.RehearsalMemory`: its settings,
+    its slots, index and payload log, and the counters its policies draw against."""
+
+    capacity: int
+    features: int
+    dtype: np.dtype[Any]
+    policy: Policy
+    dim: int
+    seed: int
+    offsets: dict[str, int]
+    counters: Counter[str]
+    _slots: Slots
+    _index: VectorIndex
+    _log: PayloadLog
+    _generation: int
+    _seen: int
+    _seen_by_class: Counter[int]
+    _rng: np.random.Generator
+    _scale_cache: float
+    _scale_size: int
+
+    @property
+    def size(self) -> int: ...
+
+    def classes(self) -> dict[int, int]: ...
 
 
 def write(memory: RehearsalMemory, directory: Path) -> dict[str, Any]:

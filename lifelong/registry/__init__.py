@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from lifelong.registry.base import LoadedVersion, ModelVersion, Status
-from lifelong.registry.store import ModelRegistry
+from lifelong.registry.store import ModelRegistry, open_registry
 
-__all__ = ["LoadedVersion", "ModelRegistry", "ModelVersion", "Status"]
+__all__ = ["LoadedVersion", "ModelRegistry", "ModelVersion", "Status", "open_registry"]

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from lifelong.config import Settings
 from lifelong.errors import StateError, VersionNotFoundError
 from lifelong.files import disk_full, fsync_dir, is_disk_full, write_atomically
 from lifelong.registry.base import (
@@ -421,3 +422,8 @@ def _json_dict(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     except (TypeError, ValueError) as error:
         raise TypeError(f"{what} must be JSON-serializable: {error}") from None
     return loaded
+
+
+def open_registry(settings: Settings) -> ModelRegistry:
+    """The model registry in the state directory."""
+    return ModelRegistry(root=Path(settings.state.dir) / "models", keep_last=settings.learner.keep_versions)
