@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from lifelong.daemon.control import Controller
-from lifelong.daemon.live import LiveAccuracy
-from lifelong.daemon.metrics import Metrics
 from lifelong.errors import RoundDeferred
+from lifelong.monitor.live import LiveAccuracy
+from lifelong.monitor.metrics import Metrics
 
 
 class Trained:

@@ -20,7 +20,7 @@ from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.connectors.broker import free_port
 from lifelong.daemon.api import HttpApi
-from lifelong.daemon.metrics import KnownGauge, Metrics
+from lifelong.monitor.metrics import KnownGauge, Metrics
 from tests.kafka_setup import Running, Setup, events, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

@@ -1,11 +1,11 @@
-"""Drift signals: hysteresis, label shift, accuracy drops through ADWIN (daemon/drift.py)."""
+"""Drift signals: hysteresis, label shift, accuracy drops through ADWIN (monitor/drift.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lifelong.daemon.drift import Alarm, DriftMonitor
+from lifelong.monitor.drift import Alarm, DriftMonitor
 
 
 class Clock:

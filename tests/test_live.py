@@ -1,4 +1,4 @@
-"""Prequential accuracy and the live probation of a new version (daemon/live.py)."""
+"""Prequential accuracy and the live probation of a new version (monitor/live.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lifelong.daemon.live import LiveAccuracy, Verdict
+from lifelong.monitor.live import LiveAccuracy, Verdict
 
 
 def test_each_prediction_is_scored_once_by_the_first_label_whenever_it_comes() -> None:

@@ -27,12 +27,12 @@ from typing import IO, Any
 from lifelong.daemon.control import Controller
 from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
-from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.online import OnlineMembers
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.scheduling import Schedule
 from lifelong.errors import LifelongError, StateError
 from lifelong.files import disk_full, is_disk_full, write_atomically
+from lifelong.monitor.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def read_heartbeat(path: Path) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class Probation:
-    """How a newly promoted version is judged on live accuracy (see :mod:`lifelong.daemon.live`)."""
+    """How a newly promoted version is judged on live accuracy (see :mod:`lifelong.monitor.live`)."""
 
     enabled: bool = True
     margin: float = 0.05

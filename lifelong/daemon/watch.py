@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from lifelong.connectors.base import Publisher
-from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.ingest import Stored
-from lifelong.daemon.live import LiveAccuracy
-from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.online import OnlineMembers
 from lifelong.learners.base import Learner, class_probabilities, most_likely
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.rehearsal import RehearsalMemory
+from lifelong.monitor.drift import DriftMonitor
+from lifelong.monitor.live import LiveAccuracy
+from lifelong.monitor.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

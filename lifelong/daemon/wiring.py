@@ -19,12 +19,9 @@ from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPu
 from lifelong.daemon.api import DeferredAdmin, HttpApi
 from lifelong.daemon.app import Daemon, Probation, StateLock, quietly
 from lifelong.daemon.control import Controller
-from lifelong.daemon.drift import DriftMonitor
 from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.learning import build_updater
-from lifelong.daemon.live import LiveAccuracy
-from lifelong.daemon.metrics import Metrics
 from lifelong.daemon.online import OnlineMembers
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.scheduling import Schedule
@@ -39,6 +36,9 @@ from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.memory.snapshot import SnapshotDir
+from lifelong.monitor.drift import DriftMonitor
+from lifelong.monitor.live import LiveAccuracy
+from lifelong.monitor.metrics import Metrics
 
 
 def closing(stack: ExitStack, what: str, close: Callable[[], object]) -> None:

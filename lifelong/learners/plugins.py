@@ -50,6 +50,7 @@ class RoundTraining(Protocol):
 
     def forward_inputs(self, x: torch.Tensor) -> torch.Tensor: ...
 
+
 # name -> (Avalanche plugin class, default keyword arguments)
 PLUGINS: dict[str, tuple[str, dict[str, Any]]] = {
     "ewc": ("EWCPlugin", {"ewc_lambda": 1.0, "mode": "online", "decay_factor": 0.9}),

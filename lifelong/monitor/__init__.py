@@ -1,0 +1,1 @@
+"""Watching the model in production: live (prequential) accuracy, drift signals, Prometheus metrics."""
