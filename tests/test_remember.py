@@ -89,6 +89,6 @@ def test_forget_leaves_the_store(tmp_path: Path) -> None:
         apply(store, sample(1, 1), sample(2, None), ("s2", 1), sample(3, 0))
         assert store.forget(["s2", "s9"]) == ["s2"]
         assert [id for id, _, _ in store.labeled()] == ["s1", "s3"]
-        assert all(event[1] != "s2" for event in store.label_events(0, 10))
+        assert all(event.id != "s2" for event in store.label_events(0, 10))
         raw = (tmp_path / "samples.sqlite").read_bytes()
         assert np.full(FEATURES, 2, dtype=np.float32).tobytes() not in raw

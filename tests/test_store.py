@@ -71,7 +71,7 @@ def test_labels_given_then_inputs_by_id(store: SampleStore) -> None:
     store.apply(batch(Feedback("s1", 7)))
     given = store.labels_given(0, 10)
     assert [(id, y) for _, id, y in given] == [("s0", 0), ("s2", 2), ("s3", 3), ("s1", 7)]
-    assert [(id, y) for _, id, y, _, _ in store.label_events(0, 10)] == [(id, y) for _, id, y in given]
+    assert [(e.id, e.y) for e in store.label_events(0, 10)] == [(g.id, g.y) for g in given]
     assert [int(x[0]) for x in store.inputs(["s3", "s1", "s0"])] == [3, 1, 0]
     with pytest.raises(StateError, match="'nope'"):
         store.inputs(["s0", "nope"])
@@ -92,7 +92,7 @@ def test_held_relabels_wait_out_of_training_until_released_or_dropped(tmp_path: 
         # The waiting sample takes its first label; the three that change a label are held.
         assert (applied.held, applied.labeled_late, applied.relabeled) == (3, 1, 0)
         assert labels(store) == {"a": 1, "b": 1, "c": 1, "w": 5}
-        assert [e[1] for e in store.label_events(events, 10)] == ["w"]
+        assert [e.id for e in store.label_events(events, 10)] == ["w"]
         assert [(h.id, h.y, h.was) for h in store.held_labels()] == [("a", 2, 1), ("b", 3, 1), ("c", 4, 1)]
         store.apply(batch(Feedback("c", 1)))  # the label in place, said again: the relabel is withdrawn
         assert [h.id for h in store.held_labels()] == ["a", "b"]
@@ -100,7 +100,7 @@ def test_held_relabels_wait_out_of_training_until_released_or_dropped(tmp_path: 
         events = store.last_label_event()
         assert store.release_labels(["a", "nope"]) == 1
         assert labels(store)["a"] == 2
-        assert [(e[1], e[2]) for e in store.label_events(events, 10)] == [("a", 2)]
+        assert [(e.id, e.y) for e in store.label_events(events, 10)] == [("a", 2)]
         assert store.drop_held(["b"]) == 1
         assert labels(store)["b"] == 1 and store.held_count() == 0
         counters = store.status().counters

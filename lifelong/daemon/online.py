@@ -203,15 +203,15 @@ class OnlineMembers:
             with self.lock:
                 size = min(step, max(WARMUP, self.heads.learned), self._observed - self.cursor)
                 events = self.store.label_events(self.cursor, size)
-            events = [e for e in events if e[0] <= self._observed]
+            events = [e for e in events if e.seq <= self._observed]
             if not events:
                 break
-            x = rows_matrix([e[3] for e in events], [e[4] for e in events], self.heads.features)
-            y = np.asarray([e[2] for e in events], dtype=np.int64)
+            x = rows_matrix([e.x for e in events], [e.dtype for e in events], self.heads.features)
+            y = np.asarray([e.y for e in events], dtype=np.int64)
             recent = slice(-self.score_most, None)  # the weights need recent evidence only
-            fresh = [e[0] > network_trained_upto for e in events[recent]]
+            fresh = [e.seq > network_trained_upto for e in events[recent]]
             self._score(network, x[recent], y[recent], fresh)
-            held = np.fromiter((self.held_out(e[1]) for e in events), bool, len(events))
+            held = np.fromiter((self.held_out(e.id) for e in events), bool, len(events))
             with self._guard:  # saving reads them
                 self.probes.observe(x, y, held=held)
             probe = self.probes.probes()  # only this thread changes them; serving does not wait on it

@@ -76,9 +76,7 @@ class MemoryFeed:
         events = self.store.labels_given(self.position, limit or self.batch_rows)
         if not events:
             return 0
-        latest: dict[str, int] = {}
-        for _, id, y in events:  # an id labeled twice here keeps its last label
-            latest[id] = y
+        latest = {e.id: e.y for e in events}  # an id labeled twice here keeps its last label
         new_ids, new_y, old_ids, old_y = [], [], [], []
         for id, y in latest.items():
             if id in self.memory:

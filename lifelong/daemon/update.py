@@ -334,18 +334,16 @@ class Updater:
         """What a round reads from the store (label events up to ``upto``) and the memory, under the lock."""
         events = self.store.label_events(self._cursor, self.max_round_samples)
         if upto is not None:
-            events = [e for e in events if e[0] <= upto]
+            events = [e for e in events if e.seq <= upto]
         if not events:
             return None
-        first, last = events[0][0], events[-1][0]
-        latest: dict[str, tuple[int, bytes, str]] = {}
-        for _, id, y, x, dtype in events:  # an id labeled twice in the range keeps its last label
-            latest[id] = (y, x, dtype)
+        first, last = events[0].seq, events[-1].seq
+        latest = {e.id: e for e in events}  # an id labeled twice in the range keeps its last label
         rows = latest.values()
         new = Labeled(
             ids=list(latest),
-            x=rows_matrix([x for _, x, _ in rows], [d for _, _, d in rows], self.features),
-            y=np.asarray([y for y, _, _ in rows], dtype=np.int64),
+            x=rows_matrix([e.x for e in rows], [e.dtype for e in rows], self.features),
+            y=np.asarray([e.y for e in rows], dtype=np.int64),
         )
         if not len(self.trainer.split(new)[0]):  # every label in the range is held out
             self._cursor = last

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, overload
+from typing import Any, NamedTuple, NoReturn, TypeVar, overload
 
 import numpy as np
 
@@ -28,6 +28,24 @@ _CursorT = TypeVar("_CursorT", bound=sqlite3.Cursor)
 # SQLite's primary result codes for a damaged file (extended codes keep them in their low byte).
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+
+
+class LabelGiven(NamedTuple):
+    """One label event of the store's outbox: its sequence number, the sample's id and the label."""
+
+    seq: int
+    id: str
+    y: int
+
+
+class LabelEvent(NamedTuple):
+    """A :class:`LabelGiven` with the sample's stored input (bytes in its wire ``dtype``)."""
+
+    seq: int
+    id: str
+    y: int
+    x: bytes
+    dtype: str
 
 
 def damaged(path: Path, found: str) -> StateDamaged:
@@ -134,27 +152,29 @@ class SampleReads:
 
     Example::
 
-        events = store.labels_given(after=0, limit=1000)   # [(seq, id, y), ...]
-        x = store.inputs([id for _, id, _ in events])
+        events = store.labels_given(after=0, limit=1000)   # [LabelGiven(seq, id, y), ...]
+        x = store.inputs([e.id for e in events])
     """
 
     _db: StoreConnection
 
-    def label_events(self, after: int, limit: int) -> list[tuple[int, str, int, bytes, str]]:
-        """Labels given after sequence number ``after``, oldest first: (seq, id, y, x bytes, x dtype)."""
-        return self._db.execute(
+    def label_events(self, after: int, limit: int) -> list[LabelEvent]:
+        """Labels given after sequence number ``after``, oldest first, with their samples' inputs."""
+        rows = self._db.execute(
             "SELECT e.seq, e.id, e.y, s.x, s.dtype FROM label_events e JOIN samples s ON s.id = e.id "
             "WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
             (after, limit),
         ).fetchall()
+        return [LabelEvent(*row) for row in rows]
 
-    def labels_given(self, after: int, limit: int) -> list[tuple[int, str, int]]:
-        """Like :meth:`label_events` without the inputs: (seq, id, y); fetch x with :meth:`inputs`."""
-        return self._db.execute(
+    def labels_given(self, after: int, limit: int) -> list[LabelGiven]:
+        """Like :meth:`label_events` without the inputs; fetch them with :meth:`inputs`."""
+        rows = self._db.execute(
             "SELECT e.seq, e.id, e.y FROM label_events e JOIN samples s ON s.id = e.id "
             "WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
             (after, limit),
         ).fetchall()
+        return [LabelGiven(*row) for row in rows]
 
     def inputs(self, ids: Sequence[str]) -> list[np.ndarray[Any, Any]]:
         """The stored x of each of ``ids``, in that order, each in its wire dtype."""
