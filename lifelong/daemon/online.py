@@ -223,7 +223,7 @@ class OnlineMembers:
             # the heads to catch up (behind() == 0) then gets predictions that know these labels.
             self._predictor = self.heads.predictor()
             with self._progress:
-                self.cursor = events[-1][0]
+                self.cursor = events[-1].seq
                 self._progress.notify_all()
             read += len(events)
             self._unsaved += len(events)

@@ -93,7 +93,7 @@ class MemoryFeed:
                 return np.stack(self.store.inputs([new_ids[p] for p in positions.tolist()]))
 
             self.memory.add(new_ids, inputs, np.asarray(new_y))
-        self.memory.offsets[CURSOR] = events[-1][0]
+        self.memory.offsets[CURSOR] = events[-1].seq
         self._dirty = True
         return len(events)
 
