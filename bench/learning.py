@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lifelong.benchmarks import SCENARIOS, Scenario, scenario
+from lifelong.benchmarks import SCENARIOS, Scenario, forgetting, scenario
 from lifelong.config import LearnerSettings, ScheduleSettings
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import Labeled, Learner, as_inputs, class_probabilities, most_likely
@@ -265,14 +265,6 @@ def run_avalanche(
             shell.model = strategy.model  # GDumb trains a fresh copy of the initial model each round
             matrix.append(evaluate(shell, sc))
     return {"matrix": matrix}
-
-
-def forgetting(matrix: list[list[float]]) -> float:
-    """Mean over all but the last task of (best accuracy ever - final accuracy)."""
-    if len(matrix) < 2:
-        return 0.0
-    m = np.asarray(matrix)
-    return float(np.mean([m[: len(m), j].max() - m[-1, j] for j in range(m.shape[1] - 1)]))
 
 
 def heat_map(matrix: list[list[float]], title: str, path: Path) -> None:

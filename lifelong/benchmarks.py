@@ -169,3 +169,12 @@ def scenario(name: str, *, per_task: int | None = None, seed: int = 0) -> Scenar
         data = fashion_mnist()
         return Scenario(name, 784, 10, "mlp", rotated(name, data, tasks=10, per_task=per_task, seed=seed))
     raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
+
+
+def forgetting(matrix: list[list[float]]) -> float:
+    """Average forgetting (Chaudhry et al., 2018): over every task but the last, its best accuracy
+    before the final step minus its final accuracy (``matrix[i][j]``: task j's accuracy after task i)."""
+    if len(matrix) < 2:
+        return 0.0
+    m = np.asarray(matrix, dtype=np.float64)
+    return float(np.mean(m[:-1, : len(m) - 1].max(0) - m[-1, : len(m) - 1]))

@@ -9,7 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from lifelong.benchmarks import forgetting
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_forgetting_is_the_drop_from_each_earlier_tasks_best_before_the_end() -> None:
+    matrix = [
+        [0.9, 0.1, 0.0],
+        [0.7, 0.8, 0.1],
+        [0.6, 0.9, 0.9],
+    ]
+    # Task 0 fell from 0.9 to 0.6, task 1 rose to its best at the end (no forgetting: -0.1 counts).
+    assert forgetting(matrix) == pytest.approx(((0.9 - 0.6) + (0.8 - 0.9)) / 2)
+    assert forgetting(matrix[:1]) == 0.0
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from lifelong.benchmarks import forgetting
+
 SIGNALS = ("novelty", "label_shift", "accuracy")
 
 
@@ -24,15 +26,6 @@ class Timeline:
     # (streamed, version, accuracy on each task's probe set) whenever the serving version changed.
     evaluations: list[tuple[int, int, list[float]]] = field(default_factory=list)
     task_ends: list[int] = field(default_factory=list)
-
-
-def forgetting(matrix: list[list[float]]) -> float:
-    """Mean drop from each earlier task's best accuracy to its final one."""
-    if len(matrix) < 2:
-        return 0.0
-    final = matrix[-1]
-    drops = [max(row[j] for row in matrix[:-1]) - final[j] for j in range(len(matrix) - 1)]
-    return float(np.mean(drops))
 
 
 def write_report(
