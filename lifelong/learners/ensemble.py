@@ -21,11 +21,16 @@ lately and on the past inputs of the classes present that newer labels do not
 contradict (on a stream whose classes and inputs keep coming alike they are
 judged as the recent labels are: there the recent labels alone decide).
 
-Example::
+Example (members give labels, or class probabilities, one row per sample):
 
-    hedge = Hedge(half_life=200)
-    hedge.score("lda", True); hedge.score("network", False)
-    hedge.combine({"lda": np.array([1, 2]), "network": np.array([1, 0])}, classes=3)   # array([1, 2])
+>>> hedge = Hedge(half_life=200)
+>>> for _ in range(50):
+...     hedge.score("lda", True)
+...     hedge.score("network", False)
+>>> hedge.combine({"lda": np.array([1, 2]), "network": np.array([1, 0])}, classes=3)
+array([1, 2])
+>>> hedge.combine({"lda": np.array([[0.5, 0.5, 0.0]]), "network": np.array([[0.0, 0.0, 1.0]])}, classes=3)
+array([0])
 """
 
 from __future__ import annotations

@@ -73,12 +73,16 @@ class Verdict:
 class LiveAccuracy:
     """Prequential accuracy over a sliding window, and the probation of new versions.
 
-    Example::
+    Example (version 3 serves; sample "a" came with its label, "b"'s comes later as feedback):
 
-        live = LiveAccuracy(window=500)
-        live.predicted(["a", "b"], {3: [1, 2]}, labels=[1, None])   # version 3 served; "a" came labeled
-        scored = live.labeled(["b"], [0])                            # [False]: "b" was predicted wrong
-        live.accuracy                                                # 0.5
+    >>> live = LiveAccuracy(window=500)
+    >>> live.serving(3)
+    >>> live.predicted(["a", "b"], {3: [1, 2]}, labels=[1, None])
+    [True]
+    >>> live.labeled(["b"], [0])
+    [False]
+    >>> live.accuracy
+    0.5
     """
 
     def __init__(
