@@ -1,4 +1,4 @@
-"""An in-process message bus with the same seams as Kafka, for unit tests and ``--dry-run``."""
+"""An in-process message bus with the same seams as Kafka, for unit tests and in-process runs."""
 
 from __future__ import annotations
 

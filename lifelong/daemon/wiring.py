@@ -149,7 +149,7 @@ def kafka_connectors(settings: Settings, stack: ExitStack) -> Connectors:
 
 
 def memory_connectors(settings: Settings, bus: MemoryBus) -> Connectors:
-    """The configured topics on an in-process :class:`MemoryBus` (tests, dry runs)."""
+    """The configured topics on an in-process :class:`MemoryBus` (tests, in-process runs)."""
     kafka = settings.kafka
 
     def source(positions: Mapping[tuple[str, int], int], decode: TopicDecoder) -> Source:

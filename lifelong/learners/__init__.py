@@ -1,1 +1,1 @@
-"""Learners: the model-update contract and its Avalanche implementation (issue 4)."""
+"""Learners: the model-update contract, its Avalanche implementation, the online members and the gate."""

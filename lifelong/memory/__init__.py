@@ -1,1 +1,1 @@
-"""Durable state: the sample store (and, to come, the FAISS rehearsal memory)."""
+"""Durable state: the sample store (SQLite) and the FAISS rehearsal memory with its snapshots."""
