@@ -33,3 +33,14 @@ def test_some_modules_carry_examples() -> None:
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
+
+
+@pytest.mark.parametrize("name", ["lifelong", "lifelong.registry", "lifelong.events"])
+def test_public_names_exist_and_are_documented(name: str) -> None:
+    module = importlib.import_module(name)
+    public = module.__all__
+    assert len(set(public)) == len(public), f"{name}.__all__ repeats a name"
+    for attribute in public:
+        value = getattr(module, attribute)  # AttributeError: __all__ names something that is gone
+        if callable(value):
+            assert value.__doc__, f"{name}.{attribute} has no docstring"
