@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,6 +126,16 @@ def test_a_poisoned_version_the_gate_let_through_is_rolled_back_by_live_accuracy
 def test_live_accuracy_is_counted_and_ingestion_goes_on_while_a_round_trains(running) -> None:  # type: ignore[no-untyped-def]
     daemon, bus, settings, registry = running
     topic = settings.kafka.predictions_topic
+    # The first round is held at its start until the test has seen ingestion go on beside it.
+    assert daemon.control is not None
+    trainer = daemon.control.updater.trainer
+    release, train = threading.Event(), trainer.round
+
+    def held_round(*args: Any, **kwargs: Any) -> Any:
+        release.wait(timeout=120)
+        return train(*args, **kwargs)
+
+    trainer.round = held_round  # type: ignore[method-assign]
     first = np.arange(800)
     produce(bus, settings, first, Y[first], "a-")
     wait_for(lambda: registry.get_sample_value("lifelong_update_running") == 1, timeout_s=60)
@@ -134,7 +146,8 @@ def test_live_accuracy_is_counted_and_ingestion_goes_on_while_a_round_trains(run
         "lifelong_events_total", {"topic": settings.kafka.samples_topic, "outcome": "accepted"}
     )
     wait_for(lambda: stored() == 1000, timeout_s=30)
-    assert registry.get_sample_value("lifelong_update_running") == 1  # the round had not finished
+    assert registry.get_sample_value("lifelong_update_running") == 1  # stored while the round runs
+    release.set()
     wait_for(lambda: champion(settings) == 1)
     rest = np.arange(1000, len(Y))
     produce(bus, settings, rest, Y[rest], "c-")

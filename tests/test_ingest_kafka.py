@@ -9,13 +9,16 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from lifelong.connectors.headers import REASON, source_of
+from lifelong.daemon.app import read_heartbeat
 from lifelong.events import encode_feedback, encode_sample
 from tests.kafka_setup import CLI
 from tests.streams import FEATURES, MAX_CLASSES, expected_reasons, stream
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -130,6 +133,16 @@ def test_burst_dead_letters_deeply_nested_messages_and_reads_on(setup) -> None: 
     assert {source_of(letter.headers)[0] for letter in letters} == {run.samples, run.feedback}  # type: ignore[index]
 
 
+def wait_running(daemon: subprocess.Popen[bytes], heartbeat: Path, log: Path) -> None:
+    """Until the heartbeat says this daemon process is running (its consumer loop started)."""
+
+    def running() -> bool:
+        beat = read_heartbeat(heartbeat) or {}
+        return daemon.poll() is None and beat.get("pid") == daemon.pid and beat.get("state") == "running"
+
+    wait_for(running, timeout_s=120, what=lambda: f"exit {daemon.poll()}: {log.read_text()[-2000:]}")
+
+
 def test_kill_9_three_times_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
     events = list(stream(seed=2))
     reference = setup("reference")
@@ -152,10 +165,8 @@ def test_kill_9_three_times_changes_nothing(setup) -> None:  # type: ignore[no-u
         with open(log, "w") as stderr:
             daemon = subprocess.Popen([*CLI, "run", "--config", str(killed.config)], env=env, stderr=stderr)
         # Start-up (importing torch and Avalanche) takes seconds on a busy machine: produce and kill
-        # only once it ingests, so each kill lands mid-stream.
-        deadline = time.monotonic() + 120
-        while "running" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # only once this process's heartbeat says it is running, so each kill lands mid-stream.
+        wait_running(daemon, killed.state / "HEARTBEAT", log)
         producer = threading.Thread(target=killed.produce, args=(chunk, 25, 0.1))
         producer.start()
         time.sleep(rng.uniform(1.5, 3.0))

@@ -159,6 +159,11 @@ class MemoryTail:
         self.topic = topic
         self._seen = len(bus.records(topic))
 
+    @property
+    def position(self) -> int:
+        """Records of the topic read so far (counting those there at creation)."""
+        return self._seen
+
     def poll(self, timeout_s: float) -> list[bytes]:
         """Values appended since the last poll (waiting up to ``timeout_s`` for one)."""
         with self.bus.appended:
