@@ -4,17 +4,15 @@ River's ``check_estimator`` is the model: one call runs every check of the contr
 the daemon relies on, and fails naming the one that broke. Plugin authors run it on
 their model before they configure it (``[learner] model = "package.module:factory"``)::
 
+    from lifelong.config import Settings
+    from lifelong.learners.configured import build_learner
     from lifelong.learners.conformance import check_learner
-    from lifelong.config import LearnerSettings
-    from lifelong.learners.avalanche import AvalancheLearner
-    from lifelong.learners.models import build_model
 
-    def build():
-        settings = LearnerSettings(model="mypackage.models:small_net", device="cpu")
-        model = build_model(settings.model, features=20, classes=4, options=settings.model_options)
-        return AvalancheLearner(model=model, classes=4, **settings.learner_options())
-
-    check_learner(build, features=20, classes=4)
+    settings = Settings.model_validate({
+        "data": {"features": 20, "max_classes": 4},
+        "learner": {"model": "mypackage.models:small_net", "device": "cpu"},
+    })
+    check_learner(lambda: build_learner(settings), features=20, classes=4)
 
 The checks use separable synthetic data (one Gaussian blob per class), so any model
 that learns at all passes the learning checks in a round or two of the defaults.
