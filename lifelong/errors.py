@@ -19,6 +19,22 @@ class StateError(LifelongError, RuntimeError):
     """The durable state directory cannot be used as it is (corrupt, locked, newer format)."""
 
 
+class StateInUse(StateError):
+    """Another process holds the state directory (or the registry's lock); the message names it."""
+
+
+class StateMismatch(StateError):
+    """Parts of the state come from different state directories; the message says which to move aside."""
+
+
+class UnsupportedFormat(StateError):
+    """A state file is in a format this lifelong does not read (newer: upgrade; older: move it aside)."""
+
+
+class SettingsChanged(StateError):
+    """Saved state was made with settings the configuration no longer has; the message names the key."""
+
+
 class StateDamaged(StateError):
     """A state file failed an integrity check; the message names it and what to do."""
 
@@ -38,6 +54,18 @@ class MissingExtraError(LifelongError, ImportError):
 
 class VersionNotFoundError(LifelongError, LookupError):
     """No model version has the number asked for; the message names it."""
+
+
+class NotReady(LifelongError):
+    """The daemon cannot do this yet (it is starting); try again in a moment."""
+
+
+class NothingToRollBack(LifelongError):
+    """A rollback has no version to go to (none promoted, the target never served or is gone)."""
+
+
+class LearningDisabled(LifelongError):
+    """Learning is off (``[learner] enabled = false``): there are no model versions."""
 
 
 class RoundDeferred(LifelongError):

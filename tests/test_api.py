@@ -165,8 +165,10 @@ def test_the_port_answers_while_the_daemon_starts() -> None:
     try:
         assert call(f"{base}/healthz")[0] == 200
         assert call(f"{base}/readyz")[0] == 503
-        status, _, body = call(f"{base}/rollback", method="POST", body=b"{}", token=TOKEN)
-        assert status == 409 and "starting" in json.loads(body)["error"]
+        # Not a conflict but a moment too early: 503 with Retry-After, which clients retry.
+        status, headers, body = call(f"{base}/rollback", method="POST", body=b"{}", token=TOKEN)
+        assert status == 503 and "starting" in json.loads(body)["error"]
+        assert int(headers["Retry-After"]) > 0
         admin.target = FakeAdmin()  # built: everything goes to the daemon now
         assert call(f"{base}/readyz")[0] == 200
         assert call(f"{base}/rollback", method="POST", body=b"{}", token=TOKEN)[0] == 200

@@ -10,7 +10,7 @@ from lifelong.connectors.headers import REASON, SOURCE_OFFSET, SOURCE_TOPIC
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemorySource
 from lifelong.daemon.app import Daemon, RunState, StateLock
 from lifelong.daemon.ingest import Ingestor
-from lifelong.errors import StateError
+from lifelong.errors import StateInUse
 from lifelong.events import TopicDecoder, encode_feedback, encode_sample
 from lifelong.memory.samples import SampleStore
 
@@ -85,7 +85,7 @@ def test_crash_after_dead_lettering_does_not_send_twice(
 
 
 def test_state_directory_has_one_owner(tmp_path: Path) -> None:
-    with StateLock(tmp_path), pytest.raises(StateError, match="in use"), StateLock(tmp_path):
+    with StateLock(tmp_path), pytest.raises(StateInUse, match="in use"), StateLock(tmp_path):
         pass
     with StateLock(tmp_path):
         pass

@@ -23,7 +23,7 @@ import lifelong.files
 import lifelong.memory.snapshot
 import lifelong.registry.base
 import lifelong.registry.store
-from lifelong.errors import DiskFull, StateError, VersionNotFoundError
+from lifelong.errors import DiskFull, NothingToRollBack, StateError, StateInUse, VersionNotFoundError
 from lifelong.files import write_atomically
 from lifelong.memory.snapshot import SnapshotDir
 from lifelong.registry import LoadedVersion, ModelRegistry, ModelVersion, Status
@@ -169,7 +169,7 @@ def test_rollback_walks_back_past_rolled_back_versions(fx: Fixture) -> None:
         fx.add(True)
     assert fx.registry.rollback().version == 2
     assert fx.registry.rollback().version == 1
-    with pytest.raises(StateError, match="nothing to roll back to"):
+    with pytest.raises(NothingToRollBack, match="nothing to roll back to"):
         fx.registry.rollback()
     assert json.loads((fx.root / HEAD).read_text())["promotions"] == [1, 2, 3, 2, 1]
     assert fx.statuses() == {1: Status.CHAMPION, 2: Status.ROLLED_BACK, 3: Status.ROLLED_BACK}
@@ -191,11 +191,11 @@ def test_rollback_refuses_rejected_unknown_and_current_versions(fx: Fixture) -> 
     fx.add(True)
     fx.add(False)
     fx.add(True)
-    with pytest.raises(StateError, match="version 2 was rejected"):
+    with pytest.raises(NothingToRollBack, match="version 2 was rejected"):
         fx.registry.rollback(2)
     with pytest.raises(VersionNotFoundError, match="No model version 99"):
         fx.registry.rollback(99)
-    with pytest.raises(StateError, match="already the champion"):
+    with pytest.raises(NothingToRollBack, match="already the champion"):
         fx.registry.rollback(3)
     assert fx.statuses() == {1: Status.PROMOTED, 2: Status.REJECTED, 3: Status.CHAMPION}
 
@@ -205,7 +205,7 @@ def test_rollback_with_nothing_earlier_raises(fx: Fixture, promotes: tuple[bool,
     for promote in promotes:
         fx.add(promote)
     head = (fx.root / HEAD).read_bytes() if promotes else None
-    with pytest.raises(StateError, match="nothing to roll back to"):
+    with pytest.raises(NothingToRollBack, match="nothing to roll back to"):
         fx.registry.rollback()
     assert ((fx.root / HEAD).read_bytes() if promotes else None) == head
 
@@ -267,7 +267,7 @@ def test_a_version_whose_directory_is_gone_is_refused(fx: Fixture) -> None:
     fx.add(True)
     fx.add(True)
     (fx.root / "v000001").rename(fx.root / "elsewhere")
-    with pytest.raises(StateError, match="is gone"):
+    with pytest.raises(NothingToRollBack, match="is gone"):
         fx.registry.rollback()
     with pytest.raises(VersionNotFoundError, match="No model version 1"):
         fx.registry.get(1)
@@ -375,9 +375,9 @@ def test_writers_wait_for_the_lock_and_readers_do_not(tmp_path: Path) -> None:
     fx.registry.lock_timeout_s = 0
     with open(tmp_path / ".lock", "a+b") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(StateError, match="locked by another process"):
+        with pytest.raises(StateInUse, match="locked by another process"):
             fx.registry.rollback()
-        with pytest.raises(StateError, match="locked by another process"):
+        with pytest.raises(StateInUse, match="locked by another process"):
             fx.add(True)
         assert [v.version for v in fx.registry.versions()] == [1, 2]
     assert fx.registry.rollback().version == 1
@@ -443,7 +443,7 @@ def check_history(fx: Fixture, operations: list[str]) -> None:
         if operation == "rollback":
             earlier = [v for v in reversed(promoted) if v != champion and v not in rolled_back]
             if not earlier:
-                with pytest.raises(StateError, match="nothing to roll back to"):
+                with pytest.raises(NothingToRollBack, match="nothing to roll back to"):
                     fx.registry.rollback()
                 continue
             assert fx.registry.rollback().version == earlier[0]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong.errors import StateError
+from lifelong.errors import SettingsChanged, StateError, UnsupportedFormat
 from lifelong.files import digest
 from lifelong.memory import index as vector_index
 from lifelong.memory.bags import Bag
@@ -244,7 +244,7 @@ def test_future_snapshot_is_refused_and_kept(tmp_path: Path) -> None:
     memory.add(*next(batches(np.random.default_rng(7), 1, 20)))
     memory.snapshot()
     current = corrupt_manifest(tmp_path, lambda m, _: m.update(format=99))
-    with pytest.raises(StateError, match=r"format 99.*upgrade lifelong"):
+    with pytest.raises(UnsupportedFormat, match=r"format 99.*upgrade lifelong"):
         RehearsalMemory(tmp_path, features=FEATURES, capacity=50)
     assert current.exists() and (current / "keys.npy").exists()
 
@@ -268,7 +268,7 @@ def test_corrupt_snapshot_is_refused_and_kept(tmp_path: Path) -> None:
 
 def test_changed_configuration_is_refused(tmp_path: Path) -> None:
     RehearsalMemory(tmp_path, features=FEATURES, capacity=50).snapshot()
-    with pytest.raises(StateError, match="capacity=50"):
+    with pytest.raises(SettingsChanged, match="capacity=50"):
         RehearsalMemory(tmp_path, features=FEATURES, capacity=60)
 
 
@@ -537,7 +537,7 @@ def test_a_format_1_snapshot_gains_checksums_on_load(tmp_path: Path) -> None:
 def test_a_snapshot_checksummed_another_way_is_refused(tmp_path: Path) -> None:
     populated(tmp_path)[0].snapshot()
     corrupt_manifest(tmp_path, lambda m, _: m.update(payload_checksum="xxh3"))
-    with pytest.raises(StateError, match=r"'xxh3'.*upgrade lifelong"):
+    with pytest.raises(UnsupportedFormat, match=r"'xxh3'.*upgrade lifelong"):
         RehearsalMemory(tmp_path, features=FEATURES, capacity=100)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lifelong.daemon.remember import MemoryFeed
-from lifelong.errors import StateError
+from lifelong.errors import StateMismatch
 from lifelong.events import Sample
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import IngestBatch, SampleStore
@@ -80,7 +80,10 @@ def test_a_memory_ahead_of_its_store_is_refused(tmp_path: Path) -> None:
         feed.catch_up()
         feed.maybe_snapshot(force=True)
         feed.memory.close()
-    with SampleStore.open(tmp_path / "other") as fresh, pytest.raises(StateError, match="different states"):
+    with (
+        SampleStore.open(tmp_path / "other") as fresh,
+        pytest.raises(StateMismatch, match="different states"),
+    ):
         MemoryFeed(store=fresh, memory=memory_at(tmp_path / "m"))
 
 

@@ -20,9 +20,11 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from lifelong.daemon.http import MAX_BODY_BYTES
-from lifelong.errors import LifelongError, StateError, VersionNotFoundError
+from lifelong.errors import LifelongError, NotReady, VersionNotFoundError
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5  # what a refused request while the daemon starts is told to wait
 
 # Deeper than any request the API takes; json.loads raises RecursionError near 1,000.
 MAX_JSON_DEPTH = 32
@@ -77,7 +79,7 @@ class DeferredAdmin:
     def rollback(self, version: int | None, reason: str) -> dict[str, Any]:
         """The daemon's rollback; refused while it starts."""
         if self.target is None:
-            raise StateError("the daemon is starting: try the rollback again in a moment")
+            raise NotReady("the daemon is starting: try the rollback again in a moment")
         return self.target.rollback(version, reason)
 
 
@@ -114,6 +116,8 @@ class HttpApi:
         headers = [("Content-Type", "application/json")]
         if status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="lifelong"'))
+        if status == 503 and "retry_after_s" in body:
+            headers.append(("Retry-After", str(body["retry_after_s"])))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         return [json.dumps(body, allow_nan=False, default=str).encode() + b"\n"]
 
@@ -150,7 +154,9 @@ class HttpApi:
             return 200, self.admin.rollback(version, reason)
         except VersionNotFoundError as error:
             return 404, {"error": str(error)}
-        except LifelongError as error:  # nothing to roll back to, a damaged target
+        except NotReady as error:  # starting: the same request succeeds in a moment
+            return 503, {"error": str(error), "retry_after_s": RETRY_AFTER_S}
+        except LifelongError as error:  # nothing to roll back to, a damaged target, learning off
             return 409, {"error": str(error)}
 
     def _authorized(self, header: str) -> bool:

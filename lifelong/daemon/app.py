@@ -30,7 +30,7 @@ from lifelong.daemon.ingest import Ingestor
 from lifelong.daemon.online import OnlineMembers
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.scheduling import Schedule
-from lifelong.errors import LifelongError, StateError
+from lifelong.errors import LearningDisabled, LifelongError, StateError, StateInUse
 from lifelong.files import disk_full, is_disk_full, write_atomically
 from lifelong.monitor.metrics import Metrics
 
@@ -60,7 +60,7 @@ class StateLock:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             file.close()
-            raise StateError(
+            raise StateInUse(
                 f"{self.path.parent} is in use by another lifelong daemon; give each daemon "
                 "its own [state] dir"
             ) from None
@@ -421,7 +421,7 @@ class Daemon:
     def rollback(self, version: int | None, reason: str) -> dict[str, Any]:
         """A manual rollback; what serves before and after."""
         if self.control is None:
-            raise StateError("learning is disabled ([learner] enabled = false): there are no versions")
+            raise LearningDisabled("learning is disabled ([learner] enabled = false): there are no versions")
         before = self.control.updater.serving
         target = self.control.rollback(version, reason=reason, trigger="manual")
         return {"previous": before, "champion": target.version, "serving": self.control.updater.serving}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.errors import StateError
+from lifelong.errors import StateMismatch
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 
@@ -55,7 +55,7 @@ class MemoryFeed:
         self._last_snapshot = clock()
         self._dirty = False
         if self.position > store.last_label_event():
-            raise StateError(
+            raise StateMismatch(
                 f"the rehearsal memory in {memory.directory} has consumed label event {self.position}, "
                 f"the sample store only {store.last_label_event()}: they come from different states; "
                 f"move {memory.directory} aside to rebuild the memory from the store"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lifelong.daemon.trust import LabelTrust
-from lifelong.errors import LifelongError, RoundDeferred, StateError
+from lifelong.errors import LifelongError, RoundDeferred, StateError, StateMismatch
 from lifelong.learners.base import Labeled, Learner
 from lifelong.learners.gate import Verdict, contradicted, finite
 from lifelong.learners.trainer import Trainer
@@ -131,7 +131,7 @@ class Updater:
         # Where the newest version's Kafka offset ranges end: the next version's start there.
         self._offsets_seen: dict[str, Any] = versions[-1].lineage.get("offsets", {}) if versions else {}
         if self._cursor > store.last_label_event():
-            raise StateError(
+            raise StateMismatch(
                 f"the model registry {registry.root} has trained on label event {self._cursor}, the sample "
                 f"store holds only {store.last_label_event()}: they come from different states; move "
                 f"{registry.root} aside to start the models afresh, or restore the matching store"

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lifelong.errors import StateError
+from lifelong.errors import UnsupportedFormat
 from lifelong.memory.index import VectorIndex
 from lifelong.memory.payloads import CHECKSUM, PayloadLog
 from lifelong.memory.policies import Policy
@@ -90,7 +90,7 @@ def read(memory: RehearsalMemory, path: Path, manifest: dict[str, Any]) -> None:
     """
     checksum = manifest.get("payload_checksum", CHECKSUM)
     if checksum != CHECKSUM:
-        raise StateError(
+        raise UnsupportedFormat(
             f"rehearsal memory snapshot {path} checksums its payloads with {checksum!r}, this lifelong "
             f"with {CHECKSUM!r}: upgrade lifelong to read it"
         )

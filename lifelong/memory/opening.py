@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lifelong.errors import StateDamaged, StateError
+from lifelong.errors import StateDamaged, StateError, UnsupportedFormat
 from lifelong.memory.held import SCHEMA as HELD_SCHEMA
 from lifelong.memory.reads import StoreConnection, damaged
 
@@ -138,7 +138,7 @@ def _check_format(connection: sqlite3.Connection, path: Path, *, create: bool) -
     found = int(row[0])
     if found != FORMAT:
         newer = found > FORMAT
-        raise StateError(
+        raise UnsupportedFormat(
             f"state database {path} has format {found}, this lifelong reads format {FORMAT}: "
             + (
                 "upgrade lifelong to read it"

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.errors import StateError
+from lifelong.errors import SettingsChanged
 from lifelong.memory import layout
 from lifelong.memory.index import (
     Device,
@@ -595,7 +595,7 @@ class RehearsalMemory:
         manifest, path = loaded
         for key, mine in layout.settings_of(self).items():
             if manifest[key] != mine:
-                raise StateError(
+                raise SettingsChanged(
                     f"rehearsal memory snapshot {path} has {key}={manifest[key]!r}, the configuration "
                     f"{mine!r}: restore the old setting or move {self.directory} aside to start it empty"
                 )

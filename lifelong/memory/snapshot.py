@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lifelong.errors import StateError
+from lifelong.errors import StateError, UnsupportedFormat
 from lifelong.files import digest as _digest  # a local name below is ``digest``
 from lifelong.files import disk_full, fsync_dir, is_disk_full, write_atomically
 
@@ -86,7 +86,7 @@ class SnapshotDir:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         if found != self.format or manifest.get("kind") != self.kind:
             advice = "upgrade lifelong to read it" if isinstance(found, int) and found > self.format else hint
-            raise StateError(
+            raise UnsupportedFormat(
                 f"{self.kind} snapshot {path} has format {found!r} (kind {manifest.get('kind')!r}); "
                 f"this lifelong reads format {self.format}: {advice}"
             )

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lifelong.errors import StateError
+from lifelong.errors import StateError, UnsupportedFormat
 from lifelong.files import digest, fsync_dir, fsync_file, write_atomically
 
 FORMAT = 1
@@ -167,7 +167,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     if found != FORMAT:
         newer = isinstance(found, int) and not isinstance(found, bool) and found > FORMAT
         advice = "it was written by a newer lifelong: upgrade lifelong to read it" if newer else hint(path)
-        raise StateError(
+        raise UnsupportedFormat(
             f"model version file {file} has format {found!r}; this lifelong reads format {FORMAT}: {advice}"
         )
     problem = _shape_problem(meta)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from lifelong.config import Settings
-from lifelong.errors import StateError, VersionNotFoundError
+from lifelong.errors import NothingToRollBack, StateError, StateInUse, UnsupportedFormat, VersionNotFoundError
 from lifelong.files import disk_full, fsync_dir, is_disk_full, write_atomically
 from lifelong.registry.base import (
     MODEL,
@@ -196,7 +196,9 @@ class ModelRegistry:
         head = self._read_head()
         number = head.champion if version is None else version
         if number is None:
-            raise StateError(f"the model registry {self.root} has no champion yet: promote a version first")
+            raise NothingToRollBack(
+                f"the model registry {self.root} has no champion yet: promote a version first"
+            )
         info = self._describe(number, head)
         verify(info.path, read_meta(info.path))
         return LoadedVersion(
@@ -244,12 +246,12 @@ class ModelRegistry:
             if number not in skip:
                 path = self.root / dir_name(number)
                 if not path.is_dir():
-                    raise StateError(
+                    raise NothingToRollBack(
                         f"model version {number}, the one to roll back to, is gone (no directory {path}); "
                         "name another with `lifelong rollback <version>`"
                     )
                 return number
-        raise StateError(
+        raise NothingToRollBack(
             f"nothing to roll back to in {self.root}: no version before champion {head.champion!r} "
             "is promoted and not itself rolled back from; name one with `lifelong rollback <version>`"
         )
@@ -257,10 +259,10 @@ class ModelRegistry:
     def _named_target(self, head: _Head, version: int) -> int:
         info = self._describe(version, head)
         if info.status is Status.CHAMPION:
-            raise StateError(f"model version {version} is already the champion: nothing to roll back")
+            raise NothingToRollBack(f"model version {version} is already the champion: nothing to roll back")
         if info.decision != Status.PROMOTED:
             promoted = [v for v in dict.fromkeys(head.promotions) if v != head.champion]
-            raise StateError(
+            raise NothingToRollBack(
                 f"model version {version} was rejected by the evaluation gate and never served, so it "
                 f"cannot be rolled back to; versions that served before: {promoted}"
             )
@@ -343,7 +345,7 @@ class ModelRegistry:
             advice = (
                 "it was written by a newer lifelong: upgrade lifelong" if newer else self._head_hint(path)
             )
-            raise StateError(
+            raise UnsupportedFormat(
                 f"{path} has format {found!r}; this lifelong reads format {HEAD_FORMAT}: {advice}"
             )
         try:
@@ -372,7 +374,7 @@ class ModelRegistry:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise StateError(
+                        raise StateInUse(
                             f"the model registry {self.root} is locked by another process "
                             f"({self.root / LOCK}) for over {self.lock_timeout_s:g}s; try again "
                             "when it finishes"
