@@ -39,8 +39,9 @@ import torch
 
 from lifelong.benchmarks import SCENARIOS, Scenario, forgetting, scenario
 from lifelong.config import LearnerSettings, ScheduleSettings
+from lifelong.labeled import Labeled
 from lifelong.learners.avalanche import AvalancheLearner
-from lifelong.learners.base import Labeled, Learner, as_inputs, class_probabilities, most_likely
+from lifelong.learners.base import Learner, as_inputs, class_probabilities, most_likely
 from lifelong.learners.configured import build_gate, build_heads
 from lifelong.learners.ensemble import Hedge, Probes
 from lifelong.learners.heads import Heads
@@ -135,7 +136,7 @@ def run_lifelong(
                     new,
                     replay=memory,
                     recent=_labeled(recent, sc.features, dtype),
-                    remembered=Labeled(ids=slice_.ids, x=slice_.x, y=slice_.y),
+                    remembered=slice_,
                 )
                 if not result.verdict.judged:
                     decisions["deferred"] += 1

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 
 from lifelong.benchmarks import DatasetMissingError, digits, fashion_mnist
 from lifelong.config import LearnerSettings
+from lifelong.labeled import Labeled
 from lifelong.learners.avalanche import AvalancheLearner
-from lifelong.learners.base import Labeled, as_inputs
+from lifelong.learners.base import as_inputs
 from lifelong.learners.models import build_model
 from lifelong.memory.rehearsal import RehearsalMemory
 

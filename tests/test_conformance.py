@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lifelong.config import Settings
-from lifelong.learners.base import Labeled, Learner, RoundReport
+from lifelong.labeled import Labeled
+from lifelong.learners.base import Learner, RoundReport
 from lifelong.learners.configured import build_learner
 from lifelong.learners.conformance import check_learner
 

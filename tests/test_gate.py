@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.learners.base import Labeled
+from lifelong.labeled import Labeled
 from lifelong.learners.gate import Gate, contradicted
 
 Array = np.ndarray[Any, Any]

@@ -89,6 +89,7 @@ TOP_LEVEL = {
     "errors": {"daemon", "learners", "memory", "registry", "connectors"},
     "events": {"daemon", "learners", "memory", "registry", "connectors"},
     "files": {"daemon", "learners", "memory", "registry", "connectors"},
+    "labeled": {"daemon", "learners", "memory", "registry", "connectors", "monitor"},
     "benchmarks": {"daemon", "memory", "registry", "connectors"},
     "serving": {"daemon", "memory"},
 }

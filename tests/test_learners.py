@@ -12,9 +12,10 @@ from safetensors.torch import save_file
 
 from lifelong.benchmarks import digits
 from lifelong.errors import ConfigError, StateError
+from lifelong.labeled import Labeled
 from lifelong.learners import models
 from lifelong.learners.avalanche import AvalancheLearner
-from lifelong.learners.base import Labeled, accuracy
+from lifelong.learners.base import accuracy
 from lifelong.learners.gate import Gate, is_holdout
 from lifelong.learners.models import build_model, cnn, mlp
 from lifelong.learners.plugins import PLUGINS

@@ -10,8 +10,9 @@ import torch
 
 from lifelong.config import load_settings
 from lifelong.errors import ConfigError
+from lifelong.labeled import Labeled
 from lifelong.learners.avalanche import AvalancheLearner
-from lifelong.learners.base import Checkpoint, Labeled
+from lifelong.learners.base import Checkpoint
 from lifelong.learners.models import mlp
 from lifelong.learners.scaling import Scaling
 

@@ -40,7 +40,8 @@ from lifelong.daemon.app import Daemon
 from lifelong.daemon.report import Timeline, write_report
 from lifelong.daemon.wiring import build_daemon
 from lifelong.events import encode_feedback, encode_sample
-from lifelong.learners.base import Labeled, Learner
+from lifelong.labeled import Labeled
+from lifelong.learners.base import Learner
 from lifelong.learners.configured import build_learner
 
 log = logging.getLogger(__name__)

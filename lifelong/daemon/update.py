@@ -23,7 +23,8 @@ import numpy as np
 
 from lifelong.daemon.trust import LabelTrust
 from lifelong.errors import LifelongError, RoundDeferred, StateError, StateMismatch
-from lifelong.learners.base import Labeled, Learner
+from lifelong.labeled import Labeled
+from lifelong.learners.base import Learner
 from lifelong.learners.gate import Verdict, contradicted, finite
 from lifelong.learners.trainer import Trainer
 from lifelong.memory.reads import rows_matrix, stack_rows
@@ -354,7 +355,7 @@ class Updater:
         return _RoundData(
             new=new,
             recent=self._recent(),
-            remembered=Labeled(ids=held.ids, x=held.x, y=held.y),
+            remembered=held,
             first=first,
             last=last,
             snapshot=_snapshot_name(self.memory),

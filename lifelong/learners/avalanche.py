@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.errors import RoundAbandoned
-from lifelong.learners.base import Checkpoint, Labeled, ReplaySource, RoundReport, as_inputs
+from lifelong.labeled import Labeled
+from lifelong.learners.base import Checkpoint, ReplaySource, RoundReport, as_inputs
 from lifelong.learners.plugins import MemoryReplay, build_plugin, plugin_state, restore_plugin
 from lifelong.learners.scaling import Scaling
 

@@ -15,27 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class Labeled:
-    """Labeled samples: ``x`` is n x features (float32, or uint8 intensities read as [0, 1])."""
-
-    ids: list[str]
-    x: np.ndarray[Any, Any]
-    y: np.ndarray[Any, Any]
-
-    def __post_init__(self) -> None:
-        if not (len(self.ids) == len(self.x) == len(self.y)):
-            raise ValueError(f"ids, x and y differ in length: {len(self.ids)}, {len(self.x)}, {len(self.y)}")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def take(self, keep: np.ndarray[Any, Any]) -> Labeled:
-        """The rows where the boolean mask ``keep`` is set."""
-        return Labeled(
-            ids=[id for id, k in zip(self.ids, keep, strict=True) if k], x=self.x[keep], y=self.y[keep]
-        )
+from lifelong.labeled import Labeled
 
 
 class ReplaySource(Protocol):

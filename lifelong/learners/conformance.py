@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lifelong.learners.base import Checkpoint, Labeled, Learner, RoundReport
+from lifelong.labeled import Labeled
+from lifelong.learners.base import Checkpoint, Learner, RoundReport
 
 
 class FixedReplay:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.learners.base import Labeled
+from lifelong.labeled import Labeled
 from lifelong.learners.gate import contradicted
 
 FORMAT = 1

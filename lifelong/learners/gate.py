@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 from river.drift import ADWIN
 
-from lifelong.learners.base import Labeled, Learner
+from lifelong.labeled import Labeled
+from lifelong.learners.base import Learner
 from lifelong.memory.index import exact_knn
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lifelong.learners.base import Labeled, Learner, ReplaySource, RoundReport
+from lifelong.labeled import Labeled
+from lifelong.learners.base import Learner, ReplaySource, RoundReport
 from lifelong.learners.gate import Gate, Verdict, is_holdout
 
 log = logging.getLogger(__name__)

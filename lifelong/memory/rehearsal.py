@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lifelong.errors import SettingsChanged
+from lifelong.labeled import Labeled
 from lifelong.memory import layout
 from lifelong.memory.index import (
     Device,
@@ -49,15 +50,6 @@ log = logging.getLogger(__name__)
 # 2: payload checksums in the slot table. A format 1 snapshot is migrated on load (see restore).
 FORMAT = 2
 KEY_DIM = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Replay:
-    """Samples drawn from the memory."""
-
-    ids: list[str]
-    x: np.ndarray[Any, Any]
-    y: np.ndarray[Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +387,7 @@ class RehearsalMemory:
 
     # -- drawing ---------------------------------------------------------------------------------
 
-    def sample(self, n: int, *, balanced: bool = False) -> Replay:
+    def sample(self, n: int, *, balanced: bool = False) -> Labeled:
         """``n`` samples drawn uniformly, or ``balanced`` across the classes held.
 
         A draw that lost samples (damaged payloads that could not be rebuilt, now dropped) is
@@ -421,7 +413,7 @@ class RehearsalMemory:
         ]
         return np.concatenate(parts)
 
-    def select(self, keep: Callable[[str], bool]) -> Replay:
+    def select(self, keep: Callable[[str], bool]) -> Labeled:
         """Every stored sample whose id ``keep`` accepts (the gate's held-out slice), in slot order.
 
         Samples dropped for a damaged payload are not held any more, so not selected.
@@ -429,7 +421,7 @@ class RehearsalMemory:
         slots = [slot for slot, id in enumerate(self._slots.ids) if id is not None and keep(id)]
         return self._replay(np.asarray(slots, dtype=np.int64))
 
-    def neighbors(self, x: np.ndarray[Any, Any], k: int = 10, *, exact: bool = False) -> Replay:
+    def neighbors(self, x: np.ndarray[Any, Any], k: int = 10, *, exact: bool = False) -> Labeled:
         """The stored samples nearest to each of ``x`` (k per input, duplicates removed).
 
         Approximate (the IVF index) once the memory is large enough to train it; ``exact``
@@ -464,14 +456,14 @@ class RehearsalMemory:
         reference = float(np.sqrt(np.maximum(own[:, 1:], 0)).mean())
         return new / reference if reference > 0 else float("inf") if new > 0 else 0.0
 
-    def _replay(self, slots: np.ndarray[Any, Any]) -> Replay:
+    def _replay(self, slots: np.ndarray[Any, Any]) -> Labeled:
         """The samples in ``slots``, less those dropped for a damaged payload."""
         slots = np.asarray(slots, dtype=np.int64)
         x, kept = self._payloads(slots)
         if not kept.all():
             slots, x = slots[kept], x[kept]
         table = self._slots
-        return Replay(ids=[table.ids[s] or "" for s in slots.tolist()], x=x, y=table.y[slots].copy())
+        return Labeled(ids=[table.ids[s] or "" for s in slots.tolist()], x=x, y=table.y[slots].copy())
 
     def _payloads(self, slots: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """The payloads of occupied ``slots``, each checked, and which slots still hold their sample.
