@@ -1,4 +1,5 @@
-"""Labeled samples, as every room passes them: the store's reads, the memory's draws, the learners' rounds."""
+"""Labeled samples as every room passes them (the store's reads, the memory's draws, the learners'
+rounds), and the one rule for reading inputs: uint8 inputs are intensities in [0, 1]."""
 
 from __future__ import annotations
 
@@ -28,3 +29,16 @@ class Labeled:
         return Labeled(
             ids=[id for id, k in zip(self.ids, keep, strict=True) if k], x=self.x[keep], y=self.y[keep]
         )
+
+
+def intensities(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``x`` as float32 the way every model reads it: uint8 inputs are intensities, scaled to [0, 1].
+
+    >>> intensities(np.array([[0, 51, 255]], dtype=np.uint8)).tolist()
+    [[0.0, 0.20000000298023224, 1.0]]
+    """
+    array = np.asarray(x)
+    if array.dtype == np.uint8:
+        scaled: np.ndarray[Any, Any] = array.astype(np.float32) / np.float32(255.0)
+        return scaled
+    return array.astype(np.float32, copy=False)

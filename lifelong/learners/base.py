@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lifelong.labeled import Labeled
+from lifelong.labeled import Labeled, intensities
 
 
 class ReplaySource(Protocol):
@@ -71,11 +71,7 @@ class Learner(Protocol):
 
 def as_inputs(x: np.ndarray[Any, Any]) -> torch.Tensor:
     """A float32 tensor of ``x``: uint8 inputs are intensities, scaled to [0, 1]."""
-    array = np.asarray(x)
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if array.dtype == np.uint8:
-        return tensor.to(torch.float32).div_(255.0)
-    return tensor.to(torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(intensities(x)))
 
 
 def accuracy(learner: Learner, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.labeled import Labeled
+from lifelong.labeled import Labeled, intensities
 from lifelong.learners.gate import contradicted
 
 FORMAT = 1
@@ -201,7 +201,7 @@ class Probes:
         """Labeled rows, oldest first; the ``held`` ones (the gate's: no version trains on them) are kept."""
         y = np.asarray(y, dtype=np.int64)
         x = np.asarray(x)
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)  # as models read it
+        x = intensities(x)  # as models read it
         positions = self.seen + np.arange(1, len(y) + 1)
         np.add.at(self.count, y, 1)
         self.last[y] = positions  # the last occurrence of each class wins

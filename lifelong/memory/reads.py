@@ -22,6 +22,7 @@ import numpy as np
 
 from lifelong.errors import StateDamaged, StateError
 from lifelong.files import disk_full, is_disk_full
+from lifelong.labeled import intensities
 
 _CursorT = TypeVar("_CursorT", bound=sqlite3.Cursor)
 
@@ -250,5 +251,5 @@ def stack_rows(parts: list[np.ndarray[Any, Any]], features: int) -> np.ndarray[A
     dtypes = {part.dtype for part in parts}
     # Samples may mix float32 and uint8 encodings: uint8 intensities are read as [0, 1].
     if len(dtypes) > 1:
-        parts = [p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p.astype(np.float32) for p in parts]
+        parts = [intensities(p) for p in parts]
     return np.stack(parts)
