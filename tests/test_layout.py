@@ -11,11 +11,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lifelong"
 
 # subpackage -> subpackages it must never import
 FORBIDDEN = {
-    "connectors": {"daemon", "learners", "memory", "registry"},
-    "memory": {"daemon", "learners", "connectors", "registry"},
-    "registry": {"daemon", "learners", "connectors", "memory"},
-    "learners": {"daemon", "connectors", "registry"},
-    "monitor": {"daemon", "learners", "connectors", "memory", "registry"},
+    "connectors": {"daemon", "demo", "learners", "memory", "registry"},
+    "memory": {"daemon", "demo", "learners", "connectors", "registry"},
+    "registry": {"daemon", "demo", "learners", "connectors", "memory"},
+    "learners": {"daemon", "demo", "connectors", "registry"},
+    "monitor": {"daemon", "learners", "connectors", "memory", "registry", "demo"},
 }
 # third-party modules a subpackage must never import
 FORBIDDEN_LIBRARIES = {
@@ -78,7 +78,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_the_layout_covers_every_room_and_top_level_module() -> None:
     rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert rooms == {*FORBIDDEN, "daemon"}, "a new room needs its rules in FORBIDDEN"
+    assert rooms == {*FORBIDDEN, *APPLICATIONS}, "a new room needs its rules in FORBIDDEN"
     top = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
     assert top == set(TOP_LEVEL), "a new top-level module needs its rules in TOP_LEVEL"
 
@@ -103,9 +103,22 @@ def test_top_level_modules_import_only_what_they_stand_on(module: str) -> None:
             assert parts[1] not in TOP_LEVEL[module], f"{module}.py imports {name}"
 
 
-def test_nothing_outside_the_daemon_imports_it() -> None:
-    outside = {m: t for m, t in import_graph().items() if not m.startswith("lifelong.daemon")}
-    offenders = {m: sorted(t for t in ts if t.startswith("lifelong.daemon")) for m, ts in outside.items()}
+# The rooms that apply everything else: the daemon wires it, the demo runs a daemon (the daemon's
+# CLI starts the demo). Nothing else imports them.
+APPLICATIONS = {"daemon": set(), "demo": {"daemon"}}
+
+
+@pytest.mark.parametrize("room", sorted(APPLICATIONS))
+def test_nothing_but_an_application_imports_one(room: str) -> None:
+    prefix = f"lifelong.{room}"
+    allowed = {prefix} | {f"lifelong.{other}" for other, uses in APPLICATIONS.items() if room in uses}
+    if room == "demo":
+        allowed.add("lifelong.daemon.cli")  # `lifelong demo`
+    offenders = {
+        module: sorted(t for t in targets if t.startswith(prefix))
+        for module, targets in import_graph().items()
+        if not any(module == a or module.startswith(f"{a}.") for a in allowed)
+    }
     assert not {m: ts for m, ts in offenders.items() if ts}
 
 

@@ -234,7 +234,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from lifelong.daemon.produce import produce
+    from lifelong.demo.produce import produce
 
     settings = _settings(args)
     stop = threading.Event()
@@ -261,7 +261,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from lifelong.daemon.demo import run_demo
+    from lifelong.demo.run import run_demo
 
     summary = run_demo(
         state_dir=args.state_dir, report_dir=args.report_dir, dataset=args.dataset, per_task=args.per_task

@@ -37,8 +37,8 @@ from lifelong.connectors.broker import EmbeddedBroker
 from lifelong.connectors.kafka import client_options
 from lifelong.connectors.kafka_topics import KafkaPublisher
 from lifelong.daemon.app import Daemon
-from lifelong.daemon.report import Timeline, write_report
 from lifelong.daemon.wiring import build_daemon
+from lifelong.demo.report import Timeline, write_report
 from lifelong.events import encode_feedback, encode_sample
 from lifelong.labeled import Labeled
 from lifelong.learners.base import Learner
