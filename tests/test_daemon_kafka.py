@@ -34,7 +34,9 @@ NAMED_METRICS = [
     "lifelong_update_duration_seconds",
     "lifelong_model_version",
     "lifelong_prequential_accuracy",
-    "lifelong_drift_score",
+    "lifelong_drift_novelty_ratio",
+    "lifelong_drift_label_shift_distance",
+    "lifelong_drift_accuracy_drop",
     "lifelong_drift_alarms_total",
     "lifelong_rollbacks_total",
     "lifelong_training_loss",
@@ -75,7 +77,11 @@ def drift_and_rollback(run: Setup, daemon: Running) -> None:
     run.produce([*events(*same, "b", feedback_every=3), ("samples", b"bad", b"{not json")])
     wait_for(lambda: (daemon.value("lifelong_predictions_total") or 0) >= len(same[1]))
     wait_for(lambda: daemon.value("lifelong_prequential_accuracy") is not None)
-    before = {s: daemon.value("lifelong_drift_score", signal=s) for s in ("label_shift", "accuracy")}
+    scores = {
+        "label_shift": "lifelong_drift_label_shift_distance",
+        "accuracy": "lifelong_drift_accuracy_drop",
+    }
+    before = {s: daemon.value(name) for s, name in scores.items()}
     assert daemon.value("lifelong_prequential_accuracy") > 0.8  # type: ignore[operator]
     assert before["label_shift"] < 0.3
     assert daemon.value("lifelong_model_version") == 1
@@ -89,7 +95,7 @@ def drift_and_rollback(run: Setup, daemon: Running) -> None:
 
     def promoted() -> bool:
         for name, score in peak.items():
-            peak[name] = max(score or 0.0, daemon.value("lifelong_drift_score", signal=name) or 0.0)
+            peak[name] = max(score or 0.0, daemon.value(scores[name]) or 0.0)
         return daemon.value("lifelong_model_version") == 2
 
     wait_for(promoted, what=lambda: daemon.log.read_text()[-3000:])

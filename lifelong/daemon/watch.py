@@ -125,7 +125,7 @@ class Watch:
         if accuracy == accuracy:
             metrics.prequential_accuracy.set(accuracy)
         for signal, score in self.drift.scores().items():
-            metrics.drift_score.labels(signal=signal).set(score)
+            metrics.drift_scores[signal].set(score)
         for signal, up in self.drift.raised().items():
             metrics.drift_alarm.labels(signal=signal).set(int(up))
         for signal in raised:

@@ -15,6 +15,21 @@ from lifelong.events import Reason
 UPDATE_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 
 SIGNALS = ("novelty", "label_shift", "accuracy")
+# Each drift signal's score, one gauge per unit (a ratio, a distance and a drop never share an axis).
+DRIFT_SCORES = {
+    "novelty": (
+        "lifelong_drift_novelty_ratio",
+        "Mean k-NN distance of new samples to the rehearsal memory over the memory's own (1 = typical).",
+    ),
+    "label_shift": (
+        "lifelong_drift_label_shift_distance",
+        "Jensen-Shannon distance between the last window's class mix and the window before (0-1).",
+    ),
+    "accuracy": (
+        "lifelong_drift_accuracy_drop",
+        "Drop in live accuracy where ADWIN found the errors rose (0 = none).",
+    ),
+}
 
 
 class KnownGauge(Collector):
@@ -166,13 +181,10 @@ class Metrics:
             "feature beyond its fitted [min, max] by more than half that span): new units or a broken feed.",
             registry=r,
         )
-        self.drift_score = Gauge(
-            "lifelong_drift_score",
-            "Drift scores: novelty (kNN distance ratio, 1 = typical), label_shift (Jensen-Shannon "
-            "distance), accuracy (drop in live accuracy ADWIN found, 0 = none).",
-            ["signal"],
-            registry=r,
-        )
+        self.drift_scores = {
+            signal: Gauge(name, documentation, registry=r)
+            for signal, (name, documentation) in DRIFT_SCORES.items()
+        }
         self.drift_alarm = Gauge(
             "lifelong_drift_alarm", "1 while a drift alarm is raised.", ["signal"], registry=r
         )
@@ -199,7 +211,7 @@ class Metrics:
         )
         self.ready = Gauge("lifelong_ready", "1 when /readyz passes.", registry=r)
         for signal in SIGNALS:  # every series exists from the start: dashboards show zeros, not gaps
-            self.drift_score.labels(signal=signal).set(0)
+            self.drift_scores[signal].set(0)
             self.drift_alarm.labels(signal=signal).set(0)
             self.drift_alarms.labels(signal=signal)
         for trigger in ("manual", "auto", "corrupt"):
