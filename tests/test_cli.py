@@ -41,16 +41,21 @@ def test_every_subcommand_is_listed_with_help() -> None:
     assert all(choices[c].description for c in COMMANDS)
 
 
-def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, clean_env: None) -> None:
-    config = tmp_path / "bad.toml"
-    config.write_text("[data]\nfeatures = -3\n")
-    done = subprocess.run(
+def run_with(config: Path) -> subprocess.CompletedProcess[str]:
+    """``lifelong run --config config`` in a process of its own."""
+    return subprocess.run(
         [sys.executable, "-m", "lifelong.daemon.cli", "run", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, clean_env: None) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[data]\nfeatures = -3\n")
+    done = run_with(config)
     assert done.returncode == 2
     assert "data.features" in done.stderr
 
@@ -81,13 +86,7 @@ def test_a_config_whose_alarm_clears_above_its_level_stops_run_naming_both_keys(
     config = tmp_path / "lifelong.toml"
     # A broker nobody listens on: the error must come before any connection is tried.
     config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:9"\n[monitor]\nnovelty_clear = 2.0\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "lifelong.daemon.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_with(config)
     assert done.returncode == 2
     assert "monitor.novelty_clear" in done.stderr and "novelty_alarm" in done.stderr
     assert "Traceback" not in done.stderr
