@@ -190,6 +190,12 @@ class LearnerSettings(_Section):
     restarting_bandwidths: list[float] = [1.0, 0.5]
     # Random Fourier features the heads read beside the scaled inputs (0: the inputs alone, linear).
     head_features: int = Field(256, ge=0, le=8192)
+    # Random Fourier features the head that never forgets (half-life 0) reads instead, a map of its own:
+    # its covariance is estimated from every label ever given, so it affords a wider map than the heads
+    # that estimate theirs from recent labels, and a wider map is a closer kernel (0: the shared map).
+    # Costs memory and CPU per label quadratic in (features + lda_features): 4,096 over 784 inputs hold
+    # a 190 MB covariance (and its copy in the heads' file).
+    lda_features: int = Field(4096, ge=0, le=16384)
     # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
     ensemble_half_life: float = Field(200.0, gt=0)
 

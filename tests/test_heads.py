@@ -15,7 +15,7 @@ from lifelong.daemon.online import OnlineMembers
 from lifelong.events import Sample
 from lifelong.learners.ensemble import Hedge, Probes
 from lifelong.learners.heads import Heads
-from lifelong.learners.members import RestartingLDA
+from lifelong.learners.members import RestartingLDA, StreamingLDA
 from lifelong.memory.samples import IngestBatch, SampleStore
 from tests.streams import stored
 
@@ -183,6 +183,7 @@ def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
         "restarting": True,
         "restarting_bandwidths": [1.0, 0.5],
         "random_features": 64,
+        "lda_features": 96,
     }
     first = Heads(**settings)
     x, y = blobs(700, 7)
@@ -205,6 +206,8 @@ def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
     narrower = Heads(**settings | {"restarting_bandwidths": [1.0, 0.25]})
     with pytest.raises(ValueError, match="restarting_bandwidths"):
         narrower.restore(*first.checkpoint())
+    with pytest.raises(ValueError, match="lda_features"):
+        Heads(**settings | {"lda_features": 128}).restore(*first.checkpoint())
     with pytest.raises(ValueError, match="format"):
         second.restore(tensors, meta | {"format": 99})
 
@@ -219,8 +222,8 @@ def test_a_restarting_head_on_a_narrower_map_draws_a_finer_boundary() -> None:
     heads = Heads(features=2, classes=2, half_lives=[], restarting=True, restarting_bandwidths=[1.0, 0.25])
     heads.learn(*wave(3000))
     predictor = heads.predictor()
-    assert set(predictor.projections) == {1.0, 0.25}
-    wide, narrow = (predictor.projections[b] for b in (1.0, 0.25))
+    assert set(predictor.projections) == {"map", "map_0.25"}
+    wide, narrow = (predictor.projections[key] for key in ("map", "map_0.25"))
     assert wide is not None and narrow is not None
     # Its own draw, four times as tight: not the shared map rescaled.
     assert float(narrow[0].std() / wide[0].std()) == pytest.approx(4.0, rel=0.2)
@@ -232,6 +235,62 @@ def test_a_restarting_head_on_a_narrower_map_draws_a_finer_boundary() -> None:
     )
     with pytest.raises(ValueError, match="restarting_bandwidths"):
         Heads(features=2, classes=2, restarting=True, restarting_bandwidths=[0.5, 0.5])
+
+
+def checkerboard(n: int, seed: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (n, 2)).astype(np.float32)
+    return x, ((np.floor(x[:, 0] * 3) + np.floor(x[:, 1] * 3)) % 2).astype(np.int64)
+
+
+def test_the_head_that_never_forgets_reads_a_wider_map_of_its_own() -> None:
+    settings: dict[str, Any] = {"features": 2, "classes": 2, "half_lives": [0, 100], "random_features": 16}
+    shared, wide = Heads(**settings), Heads(**settings, lda_features=512)
+    x, y = checkerboard(4000, 1)
+    shared.learn(x, y)
+    wide.learn(x, y)
+    projections = wide.predictor().projections
+    assert set(projections) == {"map", "map_lda"}
+    assert projections["map_lda"] is not None and projections["map_lda"][0].shape == (2, 512)
+    test_x, test_y = checkerboard(2000, 2)
+    on_shared, on_wide = shared.predict(test_x), wide.predict(test_x)
+    # A closer kernel draws the nine squares: better by far than on the shared 16 features.
+    assert accuracy(on_wide["lda"], test_y) >= accuracy(on_shared["lda"], test_y) + 0.1
+    # The decaying head reads the shared map either way (drawn first: the same numbers).
+    np.testing.assert_array_equal(on_wide["lda_100"], on_shared["lda_100"])
+
+
+def test_a_wide_heads_covariance_is_solved_again_as_labels_grow_its_means_at_every_fit() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 2, (3, 6))
+
+    def samples(n: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        y = rng.choice(classes, n)
+        return torch.from_numpy(centers[y] + rng.normal(size=(n, 6))), torch.from_numpy(y)
+
+    lazy, eager = StreamingLDA(width=6, classes=3, refactor=0.1), StreamingLDA(width=6, classes=3)
+    first = samples(1000, [0, 1])
+    for head in (lazy, eager):
+        head.learn(*first)
+    lazy.fit()
+    factor = lazy._factor
+    new_class = samples(60, [2])  # 6% more labels: the covariance waits, the new class's mean does not
+    lazy.learn(*new_class)
+    coef, bias = lazy.fit()
+    assert lazy._factor is factor
+    test_x, test_y = samples(300, [0, 1, 2])
+    predicted = (test_x.float() @ coef.T + bias).argmax(1)
+    assert float((predicted[test_y == 2] == 2).float().mean()) >= 0.9
+    eager.learn(*new_class)
+    more = samples(60, [0, 1, 2])  # 1,120 labels, 1.12 x 1,000: solved again, as an eager head solves
+    for head in (lazy, eager):
+        head.learn(*more)
+    assert lazy._factor is factor  # not before the next fit
+    coef, bias = lazy.fit()
+    assert lazy._factor is not factor
+    expected = eager.fit()
+    torch.testing.assert_close(coef, expected[0])
+    torch.testing.assert_close(bias, expected[1])
 
 
 def test_labels_outside_the_classes_are_refused() -> None:
@@ -451,5 +510,5 @@ def test_without_a_discriminant_head_no_random_features_are_computed() -> None:
     x, y = blobs(300, 50)
     heads.learn(x, y)
     predictor = heads.predictor()
-    assert predictor.projections == {1.0: None} and heads.width == FEATURES
+    assert predictor.projections == {"map": None} and heads.width == FEATURES
     assert accuracy(heads.predict(x)["linear_0.05"], y) >= 0.9

@@ -54,6 +54,7 @@ def build_heads(learner: LearnerSettings, *, features: int, classes: int, **over
         "restarting": learner.restarting_head,
         "restarting_bandwidths": learner.restarting_bandwidths,
         "random_features": learner.head_features,
+        "lda_features": learner.lda_features,
         "scaling": learner.scaling,
         "scaling_range": learner.scaling_range,
         "seed": learner.seed,

@@ -14,8 +14,14 @@ they predict from a class's first labels on:
   the exact sums of every sample it learned. With a ``half_life`` (in labels) the
   sums decay, so an old concept fades and the head follows change (a class only
   absent keeps its mean); without one it never forgets, whatever the order the
-  classes come in. :class:`RestartingLDA` never forgets until its own errors rise
-  (ADWIN), then restarts its classes from the labels since the change. It can run on
+  classes come in. That head (``lda``) reads a wider map of its own (``lda_features``):
+  its covariance is estimated from every label ever given, so it affords many more
+  features than the heads that estimate theirs from recent labels alone, and more
+  random features draw a closer approximation of the kernel's boundary (RanPAC's
+  observation); its cost is memory and CPU quadratic in that width (see
+  :class:`~lifelong.learners.members.StreamingLDA` for how its solves are spaced).
+  :class:`RestartingLDA` never forgets until its own errors rise (ADWIN), then
+  restarts its classes from the labels since the change. It can run on
   several maps (``restarting_bandwidths``, multiples of that bandwidth): a narrower map
   draws finer boundaries, which a curved concept needs and a near-linear one does not,
   so the vote below, not a setting, decides per stream which to trust;
@@ -34,7 +40,7 @@ another thread predicts with it while the members learn on.
 
 Example::
 
-    heads = Heads(features=10, classes=3, half_lives=[0, 100], linear=[0.05])
+    heads = Heads(features=10, classes=3, half_lives=[0, 100], linear=[0.05], lda_features=512)
     heads.predict(x_new)              # {"prior": array([0, ...])}: nothing learned yet
     heads.learn(x, y)                 # n x 10 inputs, n labels
     heads.predict(x_new)              # {"lda": ..., "lda_100": ..., "linear_0.05": ..., "prior": ...}
@@ -55,15 +61,25 @@ from lifelong.learners.base import as_inputs
 from lifelong.learners.members import OnlineLogistic, PriorCounts, RestartingLDA, StreamingLDA
 from lifelong.learners.scaling import Scaling
 
-FORMAT = 3
+FORMAT = 4
 WARMUP = 32  # labeled samples buffered before the feature map's bandwidth is set from them
 PRIOR = "prior"
 RESTARTING = "lda_restart"
+SHARED = "map"  # the map the heads read unless named in ``maps``
+WIDE = "map_lda"  # the never-forgetting head's own map
+# Labels learned since its last covariance solve, as a share of those it was solved on, that make the
+# never-forgetting head solve again (its means are solved at every batch).
+REFACTOR = 0.1
 
 
 def head_name(half_life: int) -> str:
     """The member name of a head: ``lda`` (never forgets) or ``lda_<half-life>``."""
     return "lda" if half_life == 0 else f"lda_{half_life}"
+
+
+def map_key(bandwidth: float) -> str:
+    """The key of the map at ``bandwidth`` (x the shared one's): ``map`` or ``map_<bandwidth>``."""
+    return SHARED if bandwidth == 1.0 else f"{SHARED}_{bandwidth:g}"
 
 
 def restarting_name(bandwidth: float) -> str:
@@ -90,9 +106,9 @@ class Predictor:
     """What the heads predict with, fixed when made (safe to use while they learn on)."""
 
     scale: tuple[str, torch.Tensor, torch.Tensor]  # scaling mode, shift, scale
-    projections: dict[float, tuple[torch.Tensor, torch.Tensor] | None]  # bandwidth multiple -> map, float32
+    projections: dict[str, tuple[torch.Tensor, torch.Tensor] | None]  # map key -> map, float32
     heads: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (coefficients, biases)
-    maps: dict[str, float]  # name -> the map it reads (1.0 when not named)
+    maps: dict[str, str]  # name -> the key of the map it reads (``SHARED`` when not named)
 
     @torch.no_grad()
     def scores(self, x: np.ndarray[Any, Any]) -> dict[str, torch.Tensor]:
@@ -102,14 +118,18 @@ class Predictor:
         if mode in ("standardize", "range"):
             z = (z - shift) / scale
         out: dict[str, torch.Tensor] = {}
-        for bandwidth, projection in self.projections.items():
-            names = [name for name in self.heads if self.maps.get(name, 1.0) == bandwidth]
+        for key, projection in self.projections.items():
+            names = [name for name in self.heads if self.maps.get(name, SHARED) == key]
             if not names:
                 continue
-            f = random_features(z, projection)
             coef = torch.cat([self.heads[name][0] for name in names])  # the map's heads in one product
             bias = torch.cat([self.heads[name][1] for name in names])
-            scores = torch.addmm(bias, f, coef.T).view(len(f), len(names), -1)
+            # [z, sqrt(2) cos(z W + b)] @ coef.T without building the features' matrix.
+            scores = torch.addmm(bias, z.float(), coef[:, : z.shape[1]].T)
+            if projection is not None:
+                waves = torch.addmm(projection[1], z.float(), projection[0]).cos_()
+                scores.addmm_(waves, coef[:, z.shape[1] :].T, alpha=math.sqrt(2.0))
+            scores = scores.view(len(z), len(names), -1)
             out |= {name: scores[:, k] for k, name in enumerate(names)}
         return {name: out[name] for name in self.heads}
 
@@ -134,8 +154,9 @@ def softmax(scores: torch.Tensor) -> np.ndarray[Any, Any]:
 
 
 class Heads:
-    """The online members of one daemon: a shared input map, one :class:`StreamingLDA` per half-life,
-    one :class:`OnlineLogistic` per learning rate, and the :class:`PriorCounts`."""
+    """The online members of one daemon: a shared input map, one :class:`StreamingLDA` per half-life
+    (the one that never forgets on a wider map of its own), the :class:`RestartingLDA` heads, one
+    :class:`OnlineLogistic` per learning rate, and the :class:`PriorCounts`."""
 
     def __init__(
         self,
@@ -147,6 +168,7 @@ class Heads:
         restarting: bool = False,
         restarting_bandwidths: Sequence[float] = (1.0,),
         random_features: int = 256,
+        lda_features: int = 0,
         scaling: str = "auto",
         scaling_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
@@ -160,11 +182,15 @@ class Heads:
             not bandwidths or any(not b > 0 for b in bandwidths) or len(set(bandwidths)) != len(bandwidths)
         ):
             raise ValueError(f"restarting_bandwidths must be distinct and > 0, got {bandwidths}")
+        if random_features < 0 or lda_features < 0:
+            raise ValueError(f"random features must be >= 0, got {random_features} and {lda_features}")
         self.features = features
         self.classes = classes
-        # Only the discriminant heads read the random features: without one the map is not drawn, and
-        # serving (on the ingestion path) does not compute it.
-        self.random_features = random_features if half_lives or restarting else 0
+        # Only the discriminant heads read the random features: without one on the shared map it is not
+        # drawn, and serving (on the ingestion path) does not compute it.
+        self.lda_features = lda_features if 0 in half_lives else 0
+        shared = restarting or any(h or not self.lda_features for h in half_lives)
+        self.random_features = random_features if shared else 0
         self.seed = seed
         self._settings: dict[str, Any] = {
             "features": features,
@@ -174,6 +200,7 @@ class Heads:
             "restarting": restarting,
             "restarting_bandwidths": bandwidths,
             "random_features": random_features,
+            "lda_features": lda_features,
             "scaling": scaling,
             "scaling_range": tuple(scaling_range),
             "seed": seed,
@@ -181,18 +208,28 @@ class Heads:
         low, high = scaling_range
         self.scaling = Scaling(mode=scaling, low=low, high=high)
         self.width = features + self.random_features
-        self.members: dict[str, StreamingLDA | RestartingLDA | OnlineLogistic] = {
-            head_name(h): StreamingLDA(width=self.width, classes=classes, half_life=h) for h in half_lives
-        }
-        # Each map the heads read, by its bandwidth as a multiple of the median distance: the shared
-        # one (1.0) for the decaying heads, one more per other restarting bandwidth.
-        self.bandwidths = sorted({1.0, *bandwidths}) if restarting else [1.0]
-        self.maps: dict[str, float] = {}
+        # Each map the heads read, by key: (its bandwidth as a multiple of the median distance, its number
+        # of random features). The shared one for the decaying heads, one more per other restarting
+        # bandwidth, and the never-forgetting head's own; drawn in this order.
+        self._specs: dict[str, tuple[float, int]] = {SHARED: (1.0, self.random_features)}
+        if restarting:
+            self._specs |= {map_key(b): (b, self.random_features) for b in sorted(bandwidths) if b != 1.0}
+        if self.lda_features:
+            self._specs[WIDE] = (1.0, self.lda_features)
+        self.maps: dict[str, str] = {}
+        self.members: dict[str, StreamingLDA | RestartingLDA | OnlineLogistic] = {}
+        for h in half_lives:
+            if h == 0 and self.lda_features:
+                self.maps[head_name(h)] = WIDE
+                width = features + self.lda_features
+                self.members[head_name(h)] = StreamingLDA(width=width, classes=classes, refactor=REFACTOR)
+            else:
+                self.members[head_name(h)] = StreamingLDA(width=self.width, classes=classes, half_life=h)
         if restarting:
             for bandwidth in bandwidths:
                 name = restarting_name(bandwidth)
                 self.members[name] = RestartingLDA(width=self.width, classes=classes)
-                self.maps[name] = bandwidth
+                self.maps[name] = map_key(bandwidth)
         self.members |= {
             linear_name(r): OnlineLogistic(features=features, width=self.width, classes=classes, rate=r)
             for r in linear
@@ -200,7 +237,7 @@ class Heads:
         self.prior = PriorCounts(classes=classes)
         self.bandwidth = 0.0  # set from the first WARMUP samples
         self._started = False
-        self._projections: dict[float, tuple[torch.Tensor, torch.Tensor] | None] = {1.0: None}
+        self._projections: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {SHARED: None}
         self._warmup: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.learned = 0  # labeled samples taken in (buffered or learned)
 
@@ -218,16 +255,16 @@ class Heads:
         """Every member's name (the prior's last)."""
         return [*self.members, PRIOR]
 
-    def _map(self, x: torch.Tensor) -> dict[float, torch.Tensor]:
+    def _map(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each map's features of ``x``, float64."""
         z = self.scaling(x)
-        return {b: random_features(z, projection).double() for b, projection in self._projections.items()}
+        return {key: random_features(z, projection).double() for key, projection in self._projections.items()}
 
     def _learn_mapped(self, x: torch.Tensor, y: torch.Tensor, *, skip_linear: bool = False) -> None:
         f = self._map(x)
         for name, member in self.members.items():
             if not (skip_linear and isinstance(member, OnlineLogistic)):
-                member.learn(f[self.maps.get(name, 1.0)], y)
+                member.learn(f[self.maps.get(name, SHARED)], y)
 
     def _start(self, x: torch.Tensor) -> None:
         """Set the random features' bandwidth from the first samples (median distance) and draw the maps."""
@@ -237,12 +274,10 @@ class Heads:
         positive = off[off > 0]
         self.bandwidth = float(positive.median()) if len(positive) else 1.0
         generator = torch.Generator().manual_seed(self.seed)
-        for bandwidth in [1.0, *(b for b in self.bandwidths if b != 1.0)]:  # the shared map drawn first
-            weight = torch.randn(self.features, self.random_features, generator=generator)
-            phase = torch.rand(self.random_features, generator=generator) * 2 * math.pi
-            self._projections[bandwidth] = (
-                (weight / (self.bandwidth * bandwidth), phase) if self.random_features else None
-            )
+        for key, (bandwidth, count) in self._specs.items():
+            weight = torch.randn(self.features, count, generator=generator)
+            phase = torch.rand(count, generator=generator) * 2 * math.pi
+            self._projections[key] = (weight / (self.bandwidth * bandwidth), phase) if count else None
         self._started = True
 
     def learn(self, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> None:
@@ -290,7 +325,7 @@ class Heads:
             heads = {name: (coef[:, : self.features], bias) for name, (coef, bias) in fits.items()}
             return Predictor(
                 scale=scale,
-                projections={1.0: None},
+                projections={SHARED: None},
                 heads=heads | {PRIOR: self.prior.fit(self.features)},
                 maps={},
             )
@@ -313,9 +348,8 @@ class Heads:
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, meta) from which :meth:`restore` continues exactly."""
         tensors = self.scaling.weights() | self.scaling.state()
-        for bandwidth, projection in self._projections.items():
+        for key, projection in self._projections.items():
             if projection is not None:
-                key = "map" if bandwidth == 1.0 else f"map_{bandwidth:g}"
                 tensors[f"{key}.weight"], tensors[f"{key}.phase"] = (t.clone() for t in projection)
         for i, (inputs, labels) in enumerate(self._warmup):
             tensors[f"warmup.{i}.x"], tensors[f"warmup.{i}.y"] = inputs.clone(), labels.clone()
@@ -327,6 +361,7 @@ class Heads:
             "features": self.features,
             "classes": self.classes,
             "random_features": self.random_features,
+            "lda_features": self.lda_features,
             "half_lives": self._settings["half_lives"],
             "linear": self._settings["linear"],
             "restarting": self._settings["restarting"],
@@ -347,6 +382,7 @@ class Heads:
             "features": self.features,
             "classes": self.classes,
             "random_features": self.random_features,
+            "lda_features": self.lda_features,
             "half_lives": self._settings["half_lives"],
             "linear": self._settings["linear"],
             "restarting": self._settings["restarting"],
@@ -359,9 +395,8 @@ class Heads:
         self.bandwidth = float(meta["bandwidth"])
         self.learned = int(meta["learned"])
         self._started = bool(meta.get("started"))
-        for bandwidth in self.bandwidths:
-            key = "map" if bandwidth == 1.0 else f"map_{bandwidth:g}"
-            self._projections[bandwidth] = (
+        for key in self._specs:
+            self._projections[key] = (
                 (tensors[f"{key}.weight"].clone(), tensors[f"{key}.phase"].clone())
                 if f"{key}.weight" in tensors
                 else None

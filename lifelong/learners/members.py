@@ -101,12 +101,19 @@ class StreamingLDA:
     stops at one half-life): a class not seen for a while is not a class that
     changed, so it keeps what it was when last seen (a class-incremental stream
     forgets no class), while a class whose samples move is followed as they come.
+
+    Predicting solves the shared covariance for the class means: a Cholesky factor,
+    cubic in ``width``, then a solve per class, quadratic. With ``refactor`` > 0 the
+    factor is kept until the labels learned since it reach that share of those it was
+    made from (a covariance of thousands of labels moves little in a few more), while
+    the means, a new class's included, are solved against it at every :meth:`fit`.
     """
 
-    def __init__(self, *, width: int, classes: int, half_life: int = 0) -> None:
+    def __init__(self, *, width: int, classes: int, half_life: int = 0, refactor: float = 0.0) -> None:
         self.width = width
         self.classes = classes
         self.half_life = half_life
+        self.refactor = refactor
         self.decay = 0.5 ** (1.0 / half_life) if half_life else 1.0
         self.weight = torch.zeros(classes, dtype=torch.float64)  # per class: sum of sample weights
         self.sums = torch.zeros(classes, width, dtype=torch.float64)  # per class: weighted sum of features
@@ -119,6 +126,8 @@ class StreamingLDA:
         self.learned = 0
         self._fitted: tuple[torch.Tensor, torch.Tensor] | None = None
         self._fitted_at = -1
+        self._factor: torch.Tensor | None = None  # Cholesky factor of the shrunk covariance
+        self._factored_at = -1
 
     def learn(self, f: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch of feature rows ``f`` (float64) with labels ``y``, oldest first."""
@@ -154,6 +163,7 @@ class StreamingLDA:
     def invalidate(self) -> None:
         """The sums were changed in place: solve the discriminant again at the next :meth:`fit`."""
         self._fitted, self._fitted_at = None, -1
+        self._factor, self._factored_at = None, -1
 
     @property
     def seen(self) -> torch.Tensor:
@@ -163,14 +173,18 @@ class StreamingLDA:
     def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The discriminant (coefficients, classes x width, and biases; float32) of what was learned.
 
-        Solved again only after new samples (its cost is cubic in ``width``).
+        Solved again only after new samples.
         """
         if self._fitted is None or self._fitted_at != self.learned:
             self._fitted, self._fitted_at = self._solve(), self.learned
         return self._fitted
 
-    def _solve(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # The covariance: the scatter of the (decayed) samples around their (equally decayed) class means.
+    def _covariance_factor(self) -> torch.Tensor:
+        """The Cholesky factor of the shrunk covariance, made again when it is due (see the class)."""
+        due = self._factored_at < 0 or self.learned >= (1 + self.refactor) * self._factored_at
+        if self._factor is not None and not due:
+            return self._factor
+        # The scatter of the (decayed) samples around their (equally decayed) class means.
         recent = self.weight > 1e-12
         total = float(self.weight.sum())
         centers = self.sums[recent] / self.weight[recent, None]
@@ -179,10 +193,19 @@ class StreamingLDA:
         average = float(torch.diagonal(within).mean().clamp(min=0.0))
         within = (1 - SHRINK) * within
         within.diagonal().add_(SHRINK * average + 1e-6)
+        factor: torch.Tensor
+        factor, info = torch.linalg.cholesky_ex(within)
+        if int(info):  # not positive definite in float64 rounding: more of the average variance
+            within.diagonal().add_(SHRINK * average + 1e-3)
+            factor = torch.linalg.cholesky(within)
+        self._factor, self._factored_at = factor, self.learned
+        return factor
+
+    def _solve(self) -> tuple[torch.Tensor, torch.Tensor]:
         seen = self.seen
         means = torch.zeros_like(self.class_sums)
         means[seen] = self.class_sums[seen] / self.class_weight[seen, None]
-        coef = torch.linalg.solve(within, means.T).T  # classes x width
+        coef = torch.cholesky_solve(means.T, self._covariance_factor()).T  # classes x width
         prior = torch.log((self.class_weight / self.class_weight.sum().clamp(min=1e-12)).clamp(min=1e-12))
         bias = -0.5 * (coef * means).sum(1) + prior
         bias[~seen] = -math.inf
@@ -195,6 +218,9 @@ class StreamingLDA:
         }
 
     def restore(self, prefix: str, tensors: dict[str, torch.Tensor], learned: int) -> None:
+        """Continue from :meth:`state`. The covariance factor is not saved (it is as large as the
+        sums): a head with ``refactor`` makes it again from the restored sums at its next fit, so
+        until its next due solve it predicts with a covariance as new as or newer than before."""
         for name in ("weight", "sums", "outer", "class_weight", "class_sums", "last_seen"):
             value = tensors[f"{prefix}.{name}"].to(torch.float64)
             if value.shape != getattr(self, name).shape:
@@ -204,7 +230,7 @@ class StreamingLDA:
                 )
             setattr(self, name, value.clone())
         self.learned = learned
-        self._fitted, self._fitted_at = None, -1
+        self.invalidate()
 
 
 class RestartingLDA:
