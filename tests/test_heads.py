@@ -291,6 +291,17 @@ def test_a_wide_heads_covariance_is_solved_again_as_labels_grow_its_means_at_eve
     expected = eager.fit()
     torch.testing.assert_close(coef, expected[0])
     torch.testing.assert_close(bias, expected[1])
+    # While it has learned fewer labels than it has features, a tenth of its width apart.
+    young = StreamingLDA(width=200, classes=2, refactor=0.1)
+    young.learn(torch.randn(50, 200, dtype=torch.float64), torch.arange(50) % 2)
+    young.fit()
+    factor = young._factor
+    young.learn(torch.randn(19, 200, dtype=torch.float64), torch.arange(19) % 2)
+    young.fit()
+    assert young._factor is factor
+    young.learn(torch.randn(1, 200, dtype=torch.float64), torch.tensor([0]))
+    young.fit()
+    assert young._factor is not factor
 
 
 def test_labels_outside_the_classes_are_refused() -> None:

@@ -105,8 +105,10 @@ class StreamingLDA:
     Predicting solves the shared covariance for the class means: a Cholesky factor,
     cubic in ``width``, then a solve per class, quadratic. With ``refactor`` > 0 the
     factor is kept until the labels learned since it reach that share of those it was
-    made from (a covariance of thousands of labels moves little in a few more), while
-    the means, a new class's included, are solved against it at every :meth:`fit`.
+    made from, or of ``width`` while it was made from fewer (a covariance of thousands
+    of labels moves little in a few more; one of fewer labels than features is mostly
+    its shrinkage), while the means, a new class's included, are solved against it at
+    every :meth:`fit`.
     """
 
     def __init__(self, *, width: int, classes: int, half_life: int = 0, refactor: float = 0.0) -> None:
@@ -181,7 +183,9 @@ class StreamingLDA:
 
     def _covariance_factor(self) -> torch.Tensor:
         """The Cholesky factor of the shrunk covariance, made again when it is due (see the class)."""
-        due = self._factored_at < 0 or self.learned >= (1 + self.refactor) * self._factored_at
+        due = self._factored_at < 0 or (
+            self.learned - self._factored_at >= self.refactor * max(self._factored_at, self.width)
+        )
         if self._factor is not None and not due:
             return self._factor
         # The scatter of the (decayed) samples around their (equally decayed) class means.
