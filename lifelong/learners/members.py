@@ -192,10 +192,11 @@ class StreamingLDA:
         recent = self.weight > 1e-12
         total = float(self.weight.sum())
         centers = self.sums[recent] / self.weight[recent, None]
-        within = (self.outer - centers.T @ self.sums[recent]) / max(total, 1e-12)
-        within = (within + within.T) / 2
+        # In place: a wide head's matrix is hundreds of MB (symmetric up to rounding, as the sums are).
+        within = torch.addmm(self.outer, centers.T, self.sums[recent], alpha=-1.0)
+        within.div_(max(total, 1e-12))
         average = float(torch.diagonal(within).mean().clamp(min=0.0))
-        within = (1 - SHRINK) * within
+        within.mul_(1 - SHRINK)
         within.diagonal().add_(SHRINK * average + 1e-6)
         factor: torch.Tensor
         factor, info = torch.linalg.cholesky_ex(within)
