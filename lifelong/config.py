@@ -195,7 +195,7 @@ class LearnerSettings(_Section):
     # that estimate theirs from recent labels, and a wider map is a closer kernel (0: the shared map).
     # Costs memory and CPU per label quadratic in (features + lda_features): 4,096 over 784 inputs hold
     # a 190 MB covariance (and its copy in the heads' file).
-    lda_features: int = Field(4096, ge=0, le=16384)
+    lda_features: int = Field(0, ge=0, le=16384)
     # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
     ensemble_half_life: float = Field(200.0, gt=0)
 
