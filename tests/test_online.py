@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,33 @@ def test_the_daemons_heads_keep_held_out_samples_of_absent_classes_across_a_rest
         again.load()
         assert again.probes.absent().tolist() == [0, 1, 2, 3]
         assert again.weights(["lda", "lda_100", "prior"]) == pytest.approx(weights)
+
+
+def test_a_round_waits_for_the_vote_while_it_learns_not_once_it_stalls(tmp_path: Path) -> None:
+    x, y = blobs(300, 14)
+    with SampleStore.open(tmp_path / "store") as store:
+        fill(store, x, y, 0)
+        online = online_at(store, tmp_path / "heads")
+        learn = online.heads.learn
+        release = threading.Semaphore(0)
+
+        def stalled(x: Any, y: Any) -> None:  # a learner that takes a batch when the test says
+            release.acquire()
+            learn(x, y)
+
+        online.heads.learn = stalled  # type: ignore[method-assign]
+        online.observed(store.last_label_event())
+        online.start()
+        try:
+            assert online.scored_upto(stall=0.2) == 0  # nothing learned: the round does not hang on it
+
+            def slow(x: Any, y: Any) -> None:  # each batch takes a second: five, longer than the stall
+                time.sleep(1.0)
+                learn(x, y)
+
+            online.heads.learn = slow  # type: ignore[method-assign]
+            release.release()
+            assert online.scored_upto(stall=3.0) == 300
+        finally:
+            release.release()  # a follower still waiting to take a batch
+            online.close()

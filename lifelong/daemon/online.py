@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -137,24 +138,32 @@ class OnlineMembers:
         """The samples of label events up to ``upto`` have been predicted: the heads may learn them."""
         self._observed = max(self._observed, upto)
 
-    def scored_upto(self, timeout: float = 30.0) -> int:
+    def scored_upto(self, stall: float = 30.0) -> int:
         """The last label event the vote has scored, once it has scored those observed so far.
 
-        What an update round may train on (test, then train). Waits at most ``timeout`` seconds
-        for the follower, and not at all when it is not running.
+        What an update round may train on (test, then train). Waits as long as the follower
+        keeps learning (a wide head's backlog may take minutes on a small machine), but no
+        more than ``stall`` seconds without it taking in a batch, and not at all when it is
+        not running.
         """
         target = self._observed
         self.notify()
         with self._progress:
-            self._progress.wait_for(
-                lambda: self.cursor >= target or self._thread is None or self._stop.is_set(), timeout
-            )
+            while self.cursor < target and self._thread is not None and not self._stop.is_set():
+                before = self.cursor
+                if not self._progress.wait_for(partial(self._moved, before), stall):
+                    break
             return self.cursor
+
+    def _moved(self, since: int) -> bool:
+        return self.cursor != since or self._stop.is_set()
 
     def close(self) -> None:
         """Stop following (after the pass under way) and save."""
         self._stop.set()
         self._wake.set()
+        with self._progress:  # a round waiting for the vote goes on
+            self._progress.notify_all()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -335,7 +335,15 @@ class Updater:
         """What a round reads from the store (label events up to ``upto``) and the memory, under the lock."""
         events = self.store.label_events(self._cursor, self.max_round_samples)
         if upto is not None:
-            events = [e for e in events if e.seq <= upto]
+            scored = [e for e in events if e.seq <= upto]
+            if events and not scored:
+                log.info(
+                    "no update round: the online members have not scored the %d labels after event %d yet "
+                    "(they stalled; see lifelong_heads_behind); the labels wait for the next round",
+                    len(events),
+                    upto,
+                )
+            events = scored
         if not events:
             return None
         first, last = events[0].seq, events[-1].seq
