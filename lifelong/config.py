@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -194,8 +194,10 @@ class LearnerSettings(_Section):
     # its covariance is estimated from every label ever given, so it affords a wider map than the heads
     # that estimate theirs from recent labels, and a wider map is a closer kernel (0: the shared map).
     # Costs memory and CPU per label quadratic in (features + lda_features): 4,096 over 784 inputs hold
-    # a 190 MB covariance (and its copy in the heads' file).
-    lda_features: int = Field(0, ge=0, le=16384)
+    # a 190 MB covariance, its 95 MB inverse and a copy in the heads' file. "auto": 8 per input, at most
+    # 4,096, or the shared map where that is no wider (4,096 for 784 inputs, 512 for 64; the shared map
+    # for 32 or fewer).
+    lda_features: Annotated[int, Field(ge=0, le=16384)] | Literal["auto"] = "auto"
     # Half-life, in scored predictions, of the live accuracy that weighs each member in the served vote.
     ensemble_half_life: float = Field(200.0, gt=0)
 

@@ -53,6 +53,8 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         ({}, {"LIFELONG_MONITOR__LABEL_SHIFT_CLEAR": "0.5"}, "monitor.label_shift_clear"),
         ({"monitor": {"rollback_window": 100}}, {}, "monitor.rollback_window"),
         ({"http": {"heartbeat_s": 90}}, {}, "http.heartbeat_stale_s"),
+        ({"learner": {"lda_features": "wide"}}, {}, "learner.lda_features"),
+        ({}, {"LIFELONG_LEARNER__LDA_FEATURES": "-1"}, "learner.lda_features"),
     ],
     ids=[
         "zero features",
@@ -69,6 +71,8 @@ def test_toml_then_environment(make_config) -> None:  # type: ignore[no-untyped-
         "label shift clears above its alarm",
         "rollback window below its minimum",
         "heartbeat stale before a beat",
+        "wide map neither auto nor a count",
+        "wide map negative",
     ],
 )
 def test_invalid_config_names_the_key(make_config, sections, environ, key) -> None:  # type: ignore[no-untyped-def]

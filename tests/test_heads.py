@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from lifelong.learners.heads import Heads
+from lifelong.learners.heads import Heads, wide_features
 from lifelong.learners.members import RestartingLDA, StreamingLDA
 from tests.blobs import CLASSES, FEATURES, accuracy, blobs
 
@@ -219,6 +220,12 @@ def test_the_head_that_never_forgets_reads_a_wider_map_of_its_own() -> None:
     assert accuracy(on_wide["lda"], test_y) >= accuracy(on_shared["lda"], test_y) + 0.1
     # The decaying head reads the shared map either way (drawn first: the same numbers).
     np.testing.assert_array_equal(on_wide["lda_100"], on_shared["lda_100"])
+
+
+def test_the_automatic_wide_map_grows_with_the_inputs_and_is_skipped_where_the_shared_one_suffices() -> None:
+    auto = partial(wide_features, "auto", random_features=256)
+    assert [auto(features=n) for n in (784, 64, 40, 32, 2)] == [4096, 512, 512, 0, 0]
+    assert wide_features(1000, features=2, random_features=256) == 1000  # a count is taken as given
 
 
 def test_a_wide_heads_covariance_is_solved_again_as_labels_grow_its_means_at_every_fit() -> None:

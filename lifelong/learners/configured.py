@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from lifelong.config import LearnerSettings, Settings
 from lifelong.errors import ConfigError
 from lifelong.learners.gate import Gate
-from lifelong.learners.heads import Heads
+from lifelong.learners.heads import Heads, wide_features
 
 if TYPE_CHECKING:
     from lifelong.learners.avalanche import AvalancheLearner
@@ -54,7 +54,9 @@ def build_heads(learner: LearnerSettings, *, features: int, classes: int, **over
         "restarting": learner.restarting_head,
         "restarting_bandwidths": learner.restarting_bandwidths,
         "random_features": learner.head_features,
-        "lda_features": learner.lda_features,
+        "lda_features": wide_features(
+            learner.lda_features, features=features, random_features=learner.head_features
+        ),
         "scaling": learner.scaling,
         "scaling_range": learner.scaling_range,
         "seed": learner.seed,

@@ -70,6 +70,22 @@ WIDE = "map_lda"  # the never-forgetting head's own map
 # Labels learned since its last covariance solve, as a share of those it was solved on, that make the
 # never-forgetting head solve again (its means are solved at every batch).
 REFACTOR = 0.1
+# ``lda_features = "auto"``: this many random features per input, at most WIDEST (random Fourier features
+# approximate a kernel about as well with features in proportion to the inputs; the cost is quadratic).
+WIDE_PER_INPUT = 8
+WIDEST = 4096
+
+
+def wide_features(setting: int | str, *, features: int, random_features: int) -> int:
+    """The never-forgetting head's own random features for ``lda_features`` (``"auto"`` or a count).
+
+    Auto: ``WIDE_PER_INPUT`` per input, rounded up to a multiple of 256, at most ``WIDEST``; 0 (the
+    shared map) where that is no wider than the shared map's ``random_features``.
+    """
+    if setting != "auto":
+        return int(setting)
+    wide = min(WIDEST, -(-WIDE_PER_INPUT * features // 256) * 256)
+    return wide if wide > random_features else 0
 
 
 def head_name(half_life: int) -> str:
