@@ -92,17 +92,24 @@ def chunks(task: Any, size: int) -> list[Labeled]:
 def run_lifelong(
     sc: Scenario, settings: LearnerSettings, memory_size: int, round_size: int
 ) -> dict[str, Any]:
+    heads, hedge = heads_for(settings, sc), Hedge(half_life=settings.ensemble_half_life)
+
+    def served(network: Learner, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The vote with ``network`` among the members, as the daemon serves it (the gate judges it)."""
+        beliefs = heads.probabilities(x) | {"network": class_probabilities(network, x)}
+        return hedge.combine(beliefs, classes=sc.classes)
+
     trainer = Trainer(
         build=lambda: learner(settings, sc, exclude_from_replay=trainer.held_out),
         gate=build_gate(settings),
         holdout=settings.holdout,
+        served=served,
     )
     dtype = sc.tasks[0].x.dtype
     recent: collections.deque[tuple[str, np.ndarray[Any, Any], int]] = collections.deque(
         maxlen=settings.recent
     )
     matrix, decisions = [], collections.Counter()
-    heads, hedge = heads_for(settings, sc), Hedge(half_life=settings.ensemble_half_life)
     probes = Probes(classes=sc.classes, features=sc.features)
     members: dict[str, list[list[float]]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory() as directory:

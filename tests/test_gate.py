@@ -187,3 +187,28 @@ def test_repeated_inputs_are_judged_by_their_newest_labels() -> None:
     )
     older = Labeled(ids=["a", "b", "c"], x=cells, y=old_labels)
     assert contradicted(older, [newer]).tolist() == [True, False, False]
+
+
+def test_a_candidate_is_also_judged_as_served_among_the_online_members() -> None:
+    recent, remembered = data(400, old_concept, prefix="r"), data(300, old_concept, prefix="m")
+    champion, candidate = Rule(old_concept), Rule(old_concept)
+
+    def members_vote(network: Any, x: Array) -> Array:
+        """With the candidate the vote goes wrong on a quarter of the inputs, though alone it is as
+        right as the champion (whose vote is its own answer)."""
+        labels = network.predict(x)
+        return np.where((x[:, 1] > 0) & (x[:, 2] > 0) & (network is candidate), 1 - labels, labels)
+
+    verdict = Gate().judge(candidate, champion, recent=recent, remembered=remembered, served=members_vote)
+    assert not verdict.promote and verdict.judged
+    assert verdict.reason.startswith("as served (the members' vote with it): recent accuracy")
+    assert verdict.scores["candidate_recent"] == verdict.scores["champion_recent"] == 1.0
+    assert (
+        verdict.scores["served_candidate_recent"] < 0.85 and verdict.scores["served_champion_recent"] == 1.0
+    )
+    # As served it changes nothing where the vote does not depend on the network: judged alone it must pass.
+    worse = Rule(lambda x: np.where(x[:, 1] > 0, 1 - old_concept(x), old_concept(x)))
+    verdict = Gate().judge(
+        worse, champion, recent=recent, remembered=remembered, served=lambda _, x: old_concept(x)
+    )
+    assert not verdict.promote and verdict.reason.startswith("recent accuracy")

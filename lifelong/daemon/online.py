@@ -5,8 +5,9 @@ does: woken (:meth:`OnlineMembers.notify`) when ingestion is idle, and at most
 every ``follow_interval_s`` while it is busy, it hands the events stored since
 its last pass to the heads, so a label counts in the predictions made from then
 on. (The heads learn the gate's held-out samples too: the gate judges network
-versions, never the heads, and a head that forgets is seen failing the held-out
-samples it once learned as surely as those it never saw.) It takes only
+versions, alone and in the vote beside the same heads, never the heads on their
+own, and a head that forgets is seen failing the held-out samples it once
+learned as surely as those it never saw.) It takes only
 events whose samples have been predicted already (:meth:`OnlineMembers.observed`):
 test, then train. Ingestion never waits for it, and it runs at a lower CPU
 priority (nice 19, on Linux): under a burst the heads fall behind (the
@@ -54,7 +55,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from lifelong.files import write_atomically
-from lifelong.learners.base import Learner
+from lifelong.learners.base import Learner, class_probabilities
 from lifelong.learners.ensemble import Hedge, Probes
 from lifelong.learners.heads import WARMUP, Heads, Predictor
 from lifelong.memory.reads import rows_matrix
@@ -280,6 +281,12 @@ class OnlineMembers:
         """The members' weighted vote of their probabilities or labels (see :meth:`Hedge.combine`)."""
         with self._guard:
             return self.hedge.combine(members, classes=self.heads.classes)
+
+    def served_with(self, network: Learner, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """What would be served for ``x`` with ``network`` in the vote (as the champion is)."""
+        beliefs = self.probabilities(x)
+        beliefs["network"] = class_probabilities(network, x)
+        return self.serve(beliefs)
 
     def weights(self, members: list[str]) -> dict[str, float]:
         """The members' weights in the vote now."""

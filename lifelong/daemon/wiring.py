@@ -294,6 +294,7 @@ def open_online(
     online.load()
     online.observed(store.last_label_event())  # stored before this start: their samples were predicted
     updater.scored = online.scored_upto  # rounds train on what the vote has scored
+    updater.trainer.served = online.served_with  # the gate judges candidates as served, too
     online.start()
     return online
 

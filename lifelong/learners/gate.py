@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -148,11 +150,15 @@ class Gate:
         recent: Labeled,
         remembered: Labeled,
         newer: Labeled | None = None,
+        served: Callable[[Learner, np.ndarray[Any, Any]], np.ndarray[Any, Any]] | None = None,
     ) -> Verdict:
         """Score both learners and decide; ``recent`` is in label order (oldest first).
 
         ``newer`` are the samples this round trained on: with the current window they are
-        what a remembered sample's label is checked against after a change.
+        what a remembered sample's label is checked against after a change. ``served(network, x)``:
+        what would be served with that network among the online members (their vote); a
+        candidate that passes is then also judged as served, on the same samples by the same
+        rule, so it is promoted only if what users get with it is not worse either.
         """
         scores: dict[str, float] = {"recent_samples": len(recent), "memory_samples": len(remembered)}
         if champion is None:
@@ -183,20 +189,46 @@ class Gate:
                 )
                 return Verdict(False, scores, reason, judged=False, change_pending=True)
             remembered = self._uncontradicted(remembered, current, newer, judging)
-        comparisons: dict[str, Comparison] = {}
-        for name, data, tolerance in (
+        sets = (
             ("recent", current, self.recent_tolerance),
             ("memory", remembered, self.memory_tolerance),
-        ):
+        )
+        verdict = self._decide(self._comparisons(sets, candidate.predict, champion.predict, judging), judging)
+        if not verdict.promote or served is None:
+            return verdict
+        # The network is one member of what is served: judged as served, by the same rule.
+        vote = _Judging(scores)
+        comparisons = self._comparisons(
+            sets, partial(served, candidate), partial(served, champion), vote, prefix="served_"
+        )
+        as_served = self._decide(comparisons, vote)
+        if not as_served.judged or as_served.promote:
+            return verdict
+        return Verdict(False, scores, f"as served (the members' vote with it): {as_served.reason}")
+
+    def _comparisons(
+        self,
+        sets: tuple[tuple[str, Labeled, float], ...],
+        candidate: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]],
+        champion: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]],
+        judging: _Judging,
+        *,
+        prefix: str = "",
+    ) -> dict[str, Comparison]:
+        """The sets that can judge: each with enough samples, and noise within ``max_margin``."""
+        comparisons: dict[str, Comparison] = {}
+        for name, data, tolerance in sets:
             if not len(data):
                 continue
-            compared = self._compare(candidate, champion, data, tolerance)
-            scores.update(
+            compared = self._compare(
+                candidate(data.x) == data.y, champion(data.x) == data.y, data.y, tolerance
+            )
+            judging.scores.update(
                 {
-                    f"candidate_{name}": compared.candidate,
-                    f"champion_{name}": compared.champion,
-                    f"{name}_margin": compared.margin,
-                    f"{name}_judged_samples": compared.samples,
+                    f"{prefix}candidate_{name}": compared.candidate,
+                    f"{prefix}champion_{name}": compared.champion,
+                    f"{prefix}{name}_margin": compared.margin,
+                    f"{prefix}{name}_judged_samples": compared.samples,
                 }
             )
             if tolerance >= 1.0:  # a check switched off passes anything, on any number of samples
@@ -210,7 +242,7 @@ class Gate:
                 )
             else:
                 comparisons[name] = compared
-        return self._decide(comparisons, judging)
+        return comparisons
 
     def _decide(self, comparisons: dict[str, Comparison], judging: _Judging) -> Verdict:
         notes = f" [{'; '.join(judging.notes)}]" if judging.notes else ""
@@ -247,15 +279,20 @@ class Gate:
             )
         return Verdict(True, judging.scores, f"not worse than the champion {where} or on memory{notes}")
 
-    def _compare(self, candidate: Learner, champion: Learner, data: Labeled, tolerance: float) -> Comparison:
-        weights = _class_weights(data.y)
-        mine = candidate.predict(data.x) == data.y
-        theirs = champion.predict(data.x) == data.y
+    def _compare(
+        self,
+        mine: np.ndarray[Any, Any],
+        theirs: np.ndarray[Any, Any],
+        y: np.ndarray[Any, Any],
+        tolerance: float,
+    ) -> Comparison:
+        """Paired: ``mine`` and ``theirs`` say which samples each got right."""
+        weights = _class_weights(y)
         difference = mine.astype(np.float64) - theirs
         mean = float(weights @ difference)
         noise = self.z * float(np.sqrt(weights**2 @ (difference - mean) ** 2))
         return Comparison(
-            samples=len(data),
+            samples=len(y),
             candidate=float(weights @ mine),
             champion=float(weights @ theirs),
             difference=mean,

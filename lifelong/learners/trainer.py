@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,12 +41,21 @@ class Trainer:
             trainer.promote(result.candidate)
     """
 
-    def __init__(self, *, build: Callable[[], Learner], gate: Gate, holdout: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        build: Callable[[], Learner],
+        gate: Gate,
+        holdout: float = 0.1,
+        served: Callable[[Learner, np.ndarray[Any, Any]], np.ndarray[Any, Any]] | None = None,
+    ) -> None:
         if not 0 <= holdout < 1:
             raise ValueError(f"holdout must lie in [0, 1), got {holdout!r}")
         self.build = build
         self.gate = gate
         self.holdout = holdout
+        # What would be served with a network among the online members (the gate judges that too).
+        self.served = served
         self.champion: Learner | None = None
 
     def held_out(self, id: str) -> bool:
@@ -87,7 +97,9 @@ class Trainer:
         )
         candidate = self.candidate()
         report = candidate.update(train, replay, stop=stop)
-        verdict = self.gate.judge(candidate, self.champion, recent=recent, remembered=remembered, newer=train)
+        verdict = self.gate.judge(
+            candidate, self.champion, recent=recent, remembered=remembered, newer=train, served=self.served
+        )
         log.info(
             "update round: %d samples, %d replayed, %d steps in %.1fs; %s (%s)",
             report.samples,
