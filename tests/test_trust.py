@@ -112,6 +112,8 @@ def test_poisoned_relabels_are_held_and_a_real_change_is_adopted_within_two_roun
     )
     # The version serving after the flood still labels class 0 as class 0.
     assert second.promoted and control.updater.serving == 2
+    weights = second.version.lineage["vote"]["weights"]  # the vote the version joined, in its lineage
+    assert {"lda", "network", "prior"} <= set(weights) and sum(weights.values()) == pytest.approx(1.0)
     assert accuracy(test_x[test_blob == 0], test_blob[test_blob == 0]) > 0.95
 
     # A genuine change: every blob now carries another class, on new samples.

@@ -293,6 +293,10 @@ class OnlineMembers:
         with self._guard:
             return self.hedge.weights(members)
 
+    def vote(self) -> dict[str, Any]:
+        """The vote now, for a version's lineage: each member's weight and the last label event learned."""
+        return {"weights": self.weights([*self.heads.names, "network"]), "learned_upto": self.cursor}
+
     def save(self) -> None:
         """Write the heads and weights with the last label event learned (atomically)."""
         with self._guard:

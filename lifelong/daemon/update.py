@@ -120,6 +120,8 @@ class Updater:
         # then train), so the vote never keeps trusting a network for what it did before labels it
         # then trained on unjudged.
         self.scored: Callable[[], int] | None = None
+        # The served vote as the round is recorded (each member's weight; the online members set it).
+        self.vote: Callable[[], dict[str, Any]] | None = None
         # Held while the round reads the store and the memory, which the consumer thread writes.
         self.lock = lock if lock is not None else threading.RLock()
         self._swap = threading.RLock()  # the served champion changes under it (rounds, rollbacks)
@@ -279,7 +281,8 @@ class Updater:
                     "replayed": result.report.replayed,
                     "offsets": data.offsets,
                     "memory_snapshot": data.snapshot,
-                },
+                }
+                | ({"vote": self.vote()} if self.vote is not None else {}),
                 config=self.config,
                 learner=checkpoint.meta,
                 reason=verdict.reason,

@@ -295,6 +295,7 @@ def open_online(
     online.observed(store.last_label_event())  # stored before this start: their samples were predicted
     updater.scored = online.scored_upto  # rounds train on what the vote has scored
     updater.trainer.served = online.served_with  # the gate judges candidates as served, too
+    updater.vote = online.vote  # each version's lineage records the vote it joined
     online.start()
     return online
 
