@@ -123,3 +123,20 @@ def test_river_baselines_know_what_the_daemon_knows_when_it_predicts(monkeypatch
     assert (per_chunk[:10] == -1).all()  # the labels of samples 0-4 came with samples 5-9: learned after
     assert (per_chunk[10:] >= 0).all()
     assert (per_sample[:6] == -1).all() and (per_sample[6:] >= 0).all()  # label 0 learned before sample 6
+
+
+def test_update_bench_times_the_round_plain_torch_and_the_online_heads() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "update.py"), "--samples", "200", "--repeats", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["samples"] == 200
+    for key in ("round_seconds", "plain_torch_seconds", "heads_seconds"):
+        assert result[key] > 0, key
+    assert result["ratio"] == pytest.approx(result["round_seconds"] / result["plain_torch_seconds"])
+    assert result["heads_per_round"] == pytest.approx(result["heads_seconds"] / result["round_seconds"])
