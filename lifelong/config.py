@@ -180,7 +180,7 @@ class LearnerSettings(_Section):
     # Online logistic regressions served beside them, one per learning rate (one SGD step per label on the
     # scaled inputs; a constant rate follows a gradually moving boundary). They forget classes that stay
     # absent; the vote scores every member on held-out samples of absent classes, so it sees that.
-    linear: list[float] = [0.01, 0.05]
+    linear: list[float] = [0.003, 0.01, 0.05]
     # A head that never forgets until its own errors rise (river's ADWIN), then restarts from the labels
     # after the change (classes absent from them keep their means): it drops an old concept at once.
     restarting_head: bool = True
