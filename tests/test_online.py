@@ -143,3 +143,34 @@ def test_a_round_waits_for_the_vote_while_it_learns_not_once_it_stalls(tmp_path:
         finally:
             release.release()  # a follower still waiting to take a batch
             online.close()
+
+
+def test_an_abandoned_round_stops_waiting_for_the_vote(tmp_path: Path) -> None:
+    x, y = blobs(300, 15)
+    with SampleStore.open(tmp_path / "store") as store:
+        fill(store, x, y, 0)
+        online = online_at(store, tmp_path / "heads")
+        release = threading.Event()
+        learn = online.heads.learn
+
+        def stalled(x: Any, y: Any) -> None:  # a follower stuck in its first batch
+            release.wait()
+            learn(x, y)
+
+        online.heads.learn = stalled  # type: ignore[method-assign]
+        online.observed(store.last_label_event())
+        online.start()
+        asked = threading.Event()
+
+        def abandoned() -> bool:
+            asked.set()
+            return True
+
+        try:
+            started = time.monotonic()
+            # A stall of an hour: only the round being abandoned ends the wait.
+            assert online.scored_upto(abandoned, stall=3600.0) == 0
+            assert asked.is_set() and time.monotonic() - started < 60
+        finally:
+            release.set()
+            online.close()

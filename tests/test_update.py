@@ -16,7 +16,7 @@ from lifelong.daemon.learning import build_updater
 from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.update import Updater
 from lifelong.daemon.wiring import open_memory, open_store
-from lifelong.errors import RoundDeferred
+from lifelong.errors import RoundAbandoned, RoundDeferred
 from lifelong.events import Sample
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.samples import IngestBatch, SampleStore
@@ -193,11 +193,22 @@ def test_a_round_trains_only_on_labels_the_served_vote_has_scored(config: Path, 
         memory = open_memory(settings)
         updater = build_updater(settings, store=store, memory=memory, feed=None)
         scored = 0
-        updater.scored = lambda: scored
+        updater.scored = lambda stop: scored
         feed_samples(store, np.arange(300), Y[:300], start=0)
         assert updater.run_round() is None  # the vote has judged none of them: test, then train
         scored = 200
         assert updater.run_round() is not None and updater.cursor == 200
         scored = 300
         assert updater.run_round() is not None and updater.cursor == 300
+        feed_samples(store, np.arange(300, 400), Y[300:400], start=300)
+        stops: list[bool] = []
+
+        def vote(stop: object) -> int:  # abandoned while it waits for the vote
+            stops.append(True)
+            return scored
+
+        updater.scored = vote
+        with pytest.raises(RoundAbandoned):
+            updater.run_round(stop=lambda: bool(stops))
+        assert updater.cursor == 300 and updater.pending() == 100  # its labels wait
         memory.close()

@@ -45,7 +45,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,21 +138,26 @@ class OnlineMembers:
         """The samples of label events up to ``upto`` have been predicted: the heads may learn them."""
         self._observed = max(self._observed, upto)
 
-    def scored_upto(self, stall: float = 30.0) -> int:
+    def scored_upto(self, stop: Callable[[], bool] | None = None, *, stall: float = 30.0) -> int:
         """The last label event the vote has scored, once it has scored those observed so far.
 
         What an update round may train on (test, then train). Waits as long as the follower
         keeps learning (a wide head's backlog may take minutes on a small machine), but no
-        more than ``stall`` seconds without it taking in a batch, and not at all when it is
-        not running.
+        more than ``stall`` seconds without it taking in a batch, not at all when it is not
+        running, and no longer once ``stop`` (asked every half second) answers True: an
+        abandoned round does not wait for the vote.
         """
         target = self._observed
         self.notify()
         with self._progress:
             while self.cursor < target and self._thread is not None and not self._stop.is_set():
                 before = self.cursor
-                if not self._progress.wait_for(partial(self._moved, before), stall):
-                    break
+                deadline = time.monotonic() + stall
+                while not self._moved(before):
+                    left = deadline - time.monotonic()
+                    if left <= 0 or (stop is not None and stop()):
+                        return self.cursor
+                    self._progress.wait(min(left, 0.5))
             return self.cursor
 
     def _moved(self, since: int) -> bool:

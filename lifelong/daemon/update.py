@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lifelong.daemon.trust import LabelTrust
-from lifelong.errors import LifelongError, RoundDeferred, StateError, StateMismatch
+from lifelong.errors import LifelongError, RoundAbandoned, RoundDeferred, StateError, StateMismatch
 from lifelong.labeled import Labeled
 from lifelong.learners.base import Learner
 from lifelong.learners.gate import Verdict, contradicted, finite
@@ -119,7 +119,7 @@ class Updater:
         # online members set it): a round trains only on labels every member was judged on first (test,
         # then train), so the vote never keeps trusting a network for what it did before labels it
         # then trained on unjudged.
-        self.scored: Callable[[], int] | None = None
+        self.scored: Callable[[Callable[[], bool] | None], int] | None = None
         # The served vote as the round is recorded (each member's weight; the online members set it).
         self.vote: Callable[[], dict[str, Any]] | None = None
         # Held while the round reads the store and the memory, which the consumer thread writes.
@@ -247,7 +247,10 @@ class Updater:
             return None
         if self.trust is not None:  # relabels the champion or the memory now corroborate join this round
             self.trust.review(self.trainer.champion, lock=self.lock)
-        upto = self.scored() if self.scored is not None else None  # waits for the vote: not under the lock
+        # Waits for the vote (not under the lock), as long as the round is not abandoned meanwhile.
+        upto = self.scored(stop) if self.scored is not None else None
+        if stop is not None and stop():
+            raise RoundAbandoned("update round abandoned while waiting for the online members")
         with self.lock:
             data = self._gather(upto)
         if data is None:
