@@ -237,19 +237,16 @@ def test_a_wide_heads_covariance_is_solved_again_as_labels_grow_its_means_at_eve
         return torch.from_numpy(centers[y] + rng.normal(size=(n, 6))), torch.from_numpy(y)
 
     lazy, eager = StreamingLDA(width=6, classes=3, refactor=0.1), StreamingLDA(width=6, classes=3)
-    first = samples(1000, [0, 1])
+    first = samples(1000, [0, 1, 2])
     for head in (lazy, eager):
         head.learn(*first)
-    lazy.fit()
+    before, _ = lazy.fit()
     factor = lazy._inverse
-    new_class = samples(60, [2])  # 6% more labels: the covariance waits, the new class's mean does not
-    lazy.learn(*new_class)
+    more = samples(60, [0, 1, 2])  # 6% more labels: the covariance waits, the means do not
+    for head in (lazy, eager):
+        head.learn(*more)
     coef, bias = lazy.fit()
-    assert lazy._inverse is factor
-    test_x, test_y = samples(300, [0, 1, 2])
-    predicted = (test_x.float() @ coef.T + bias).argmax(1)
-    assert float((predicted[test_y == 2] == 2).float().mean()) >= 0.9
-    eager.learn(*new_class)
+    assert lazy._inverse is factor and not torch.equal(coef, before)
     more = samples(60, [0, 1, 2])  # 1,120 labels, 1.12 x 1,000: solved again, as an eager head solves
     for head in (lazy, eager):
         head.learn(*more)
@@ -270,6 +267,40 @@ def test_a_wide_heads_covariance_is_solved_again_as_labels_grow_its_means_at_eve
     young.learn(torch.randn(1, 200, dtype=torch.float64), torch.tensor([0]))
     young.fit()
     assert young._inverse is not factor
+
+
+def test_a_new_class_is_solved_against_a_covariance_that_has_seen_it() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 2, (3, 6))
+    centers[:, 5] = [0.0, 0.0, 0.5]
+
+    def samples(n: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        y = rng.choice(classes, n)
+        x = centers[y] + rng.normal(size=(n, 6))
+        x[y != 2, 5] = 0.0  # the old classes never vary along the last input, the new one does
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    lazy, eager = StreamingLDA(width=6, classes=3, refactor=0.1), StreamingLDA(width=6, classes=3)
+    first = samples(1000, [0, 1])
+    for head in (lazy, eager):
+        head.learn(*first)
+    lazy.fit()
+    factor = lazy._inverse
+    new_class = samples(60, [2])  # 6% more labels, but a class the kept inverse never saw spread
+    for head in (lazy, eager):
+        head.learn(*new_class)
+    coef, bias = lazy.fit()
+    assert lazy._inverse is not factor
+    torch.testing.assert_close((coef, bias), eager.fit())
+    # Against the old inverse, no spread along the last input: the new class's samples below its
+    # mean there were called one of the old classes (recall 0.76 here), now 0.97.
+    test_x, test_y = samples(600, [0, 1, 2])
+    predicted = (test_x.float() @ coef.T + bias).argmax(1)
+    assert float((predicted[test_y == 2] == 2).float().mean()) >= 0.9
+    factor = lazy._inverse
+    lazy.learn(*samples(40, [2]))  # 60 -> 100 labels of it: not doubled, the inverse is kept
+    lazy.fit()
+    assert lazy._inverse is factor
 
 
 def test_labels_outside_the_classes_are_refused() -> None:

@@ -107,9 +107,12 @@ class StreamingLDA:
     quadratic. With ``refactor`` > 0 the inverse is kept until the labels learned since
     it reach that share of those it was made from, or of ``width`` while it was made
     from fewer (a covariance of thousands of labels moves little in a few more; one of
-    fewer labels than features is mostly its shrinkage), while the means, a new class's
-    included, are solved against it at every :meth:`fit` (one pass over the inverse,
-    where triangular solves read a factor twice its size twice, on one core).
+    fewer labels than features is mostly its shrinkage), or until a class has twice the
+    weight it had then (a new class from its first label: it spreads in directions the
+    kept inverse never saw, and its mean solved against that inverse is trusted most
+    exactly where it is least known). The means are solved against it at every
+    :meth:`fit` (one pass over the inverse, where triangular solves read a factor twice
+    its size twice, on one core).
     """
 
     def __init__(self, *, width: int, classes: int, half_life: int = 0, refactor: float = 0.0) -> None:
@@ -131,6 +134,7 @@ class StreamingLDA:
         self._fitted_at = -1
         self._inverse: torch.Tensor | None = None  # of the shrunk covariance (float32)
         self._factored_at = -1
+        self._factored_weight = self.class_weight.clone()  # each class's weight when it was made
 
     def learn(self, f: torch.Tensor, y: torch.Tensor) -> None:
         """Add a batch of feature rows ``f`` (float64) with labels ``y``, oldest first."""
@@ -184,8 +188,10 @@ class StreamingLDA:
 
     def _covariance_inverse(self) -> torch.Tensor:
         """The inverse of the shrunk covariance, made again when it is due (see the class)."""
-        due = self._factored_at < 0 or (
-            self.learned - self._factored_at >= self.refactor * max(self._factored_at, self.width)
+        due = (
+            self._factored_at < 0
+            or self.learned - self._factored_at >= self.refactor * max(self._factored_at, self.width)
+            or bool((self.class_weight > 2.0 * self._factored_weight).any())
         )
         if self._inverse is not None and not due:
             return self._inverse
@@ -207,6 +213,7 @@ class StreamingLDA:
             factor = torch.linalg.cholesky(within)
         del within
         self._inverse, self._factored_at = torch.cholesky_inverse(factor).float(), self.learned
+        self._factored_weight = self.class_weight.clone()
         return self._inverse
 
     def _solve(self) -> tuple[torch.Tensor, torch.Tensor]:
