@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lifelong.learners.heads import Heads, wide_features
-from lifelong.learners.members import RestartingLDA, StreamingLDA
+from lifelong.learners.members import SHRINK, RestartingLDA, StreamingLDA, shrinkage
 from tests.blobs import CLASSES, FEATURES, accuracy, blobs
 
 
@@ -301,6 +301,19 @@ def test_a_new_class_is_solved_against_a_covariance_that_has_seen_it() -> None:
     lazy.learn(*samples(40, [2]))  # 60 -> 100 labels of it: not doubled, the inverse is kept
     lazy.fit()
     assert lazy._inverse is factor
+
+
+def test_the_covariance_is_shrunk_as_far_as_its_samples_call_for() -> None:
+    from sklearn.covariance import OAS
+
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(30, 30))
+    found = {}
+    for n in (20, 200, 20_000):
+        x = rng.normal(size=(n, 30)) @ mixing
+        found[n] = shrinkage(torch.from_numpy(np.cov(x.T, bias=True)), n)
+        assert found[n] == pytest.approx(max(SHRINK, OAS().fit(x).shrinkage_))
+    assert found[20] > 0.3 and found[20] > found[200] > found[20_000] == SHRINK
 
 
 def test_labels_outside_the_classes_are_refused() -> None:

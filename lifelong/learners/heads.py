@@ -10,7 +10,8 @@ they predict from a class's first labels on:
   (an RBF kernel's features, the bandwidth set from the first samples: a linear
   classifier on them draws curved boundaries);
 - each head (:class:`StreamingLDA`) is a streaming linear discriminant on those:
-  per-class means and one shared covariance (shrunk toward its average variance),
+  per-class means and one shared covariance (shrunk toward its average variance as far
+  as its samples call for: :func:`~lifelong.learners.members.shrinkage`),
   the exact sums of every sample it learned. With a ``half_life`` (in labels) the
   sums decay, so an old concept fades and the head follows change (a class only
   absent keeps its mean); without one it never forgets, whatever the order the

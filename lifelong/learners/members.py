@@ -17,8 +17,25 @@ import numpy as np
 import torch
 from river import drift
 
-SHRINK = 0.01  # the covariance is shrunk this far toward its average variance
+SHRINK = 0.01  # the covariance is shrunk at least this far toward its average variance (see shrinkage)
 PRIOR_HALF_LIFE = 100  # labels: the prior member's class counts fade this fast
+
+
+def shrinkage(covariance: torch.Tensor, samples: float) -> float:
+    """How far to shrink ``covariance``, estimated from ``samples``, toward its average variance.
+
+    The Oracle Approximating Shrinkage (Chen, Wiesel, Eldar & Hero, 2010; as
+    scikit-learn's ``OAS`` computes it from the empirical covariance): large while the
+    samples are few for the features (a new stream, a head that remembers a few hundred
+    labels of a few hundred features), toward nothing as they grow; at least ``SHRINK``,
+    so the solve stays well conditioned.
+    """
+    features = covariance.shape[0]
+    mu = float(torch.diagonal(covariance).mean())
+    alpha = float(torch.linalg.vector_norm(covariance)) ** 2 / covariance.numel()  # no copy of a wide one
+    denominator = (samples + 1.0) * (alpha - mu * mu / features)
+    oas = 1.0 if denominator <= 0 else min((alpha + mu * mu) / denominator, 1.0)
+    return max(SHRINK, oas)
 
 
 class PriorCounts:
@@ -204,12 +221,14 @@ class StreamingLDA:
         within = torch.addmm(self.outer, centers.T, self.sums[recent], alpha=-1.0)
         within.div_(max(total, 1e-12))
         average = float(torch.diagonal(within).mean().clamp(min=0.0))
-        within.mul_(1 - SHRINK)
-        within.diagonal().add_(SHRINK * average + 1e-6)
+        # The samples behind it: the (decayed) weights less one per class mean estimated.
+        shrink = shrinkage(within, max(total - int(recent.sum()), 1.0))
+        within.mul_(1 - shrink)
+        within.diagonal().add_(shrink * average + 1e-6)
         factor: torch.Tensor
         factor, info = torch.linalg.cholesky_ex(within)
         if int(info):  # not positive definite in float64 rounding: more of the average variance
-            within.diagonal().add_(SHRINK * average + 1e-3)
+            within.diagonal().add_(shrink * average + 1e-3)
             factor = torch.linalg.cholesky(within)
         del within
         self._inverse, self._factored_at = torch.cholesky_inverse(factor).float(), self.learned
