@@ -110,7 +110,7 @@ def run_lifelong(
         maxlen=settings.recent
     )
     matrix, decisions = [], collections.Counter()
-    probes = Probes(classes=sc.classes, features=sc.features)
+    probes = Probes(classes=sc.classes, features=sc.features, window=hedge.window)
     members: dict[str, list[list[float]]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory() as directory:
         memory = RehearsalMemory(

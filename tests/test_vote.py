@@ -136,3 +136,29 @@ def test_after_a_concept_change_the_vote_follows_the_member_that_adapted_not_the
     # 200 labels after the change the held-out samples of the old concept (most of them) are
     # contradicted by the newer labels: they no longer count (if they did, "stale" would still lead).
     assert hedge.weights(["adapts", "stale"])["stale"] < 1e-6
+
+
+def test_a_few_held_out_samples_do_not_decide_the_vote_against_the_recent_labels() -> None:
+    # Two classes, 600 labels: the probes hold the 60 held out so far. "memorizes" is right on every
+    # one of them (a member that learned them by heart) and wrong on 15% of the labels arriving;
+    # "generalizes" is wrong on 10% of both. Weighed as much as all the labels scored, the 60 samples
+    # would hand the vote to "memorizes"; weighed as the 60 samples they are, the labels decide.
+    rng = np.random.default_rng(2)
+    hedge = Hedge()
+    probes = Probes(classes=2, features=2, window=hedge.window)
+    held_rows: set[float] = set()
+
+    def members(x: np.ndarray[Any, Any]) -> dict[str, Any]:
+        y = (x[:, 1] > 0).astype(np.int64)
+        known = np.isin(x[:, 0].astype(np.float32), list(held_rows))  # the probes keep float32
+        position = np.arange(len(y)) % 20
+        return {
+            "memorizes": np.where(known | ~np.isin(position, [0, 5, 9]), y, 1 - y),
+            "generalizes": np.where(position % 10 != 3, y, 1 - y),
+        }
+
+    for _ in range(6):
+        x = rng.normal(size=(100, 2))
+        held_rows.update(x[np.arange(100) % 10 == 7, 0].astype(np.float32).tolist())
+        score_with_probes(hedge, probes, members, x, (x[:, 1] > 0).astype(np.int64))
+    assert hedge.weights(["memorizes", "generalizes"])["generalizes"] > 0.99

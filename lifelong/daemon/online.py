@@ -110,7 +110,7 @@ class OnlineMembers:
         self.score_most = score_most  # members scored on at most this many of each batch (the newest)
         self.save_every = save_every
         # Held-out samples of each class: the members are also scored on what the recent labels do not show.
-        self.probes = Probes(classes=heads.classes, features=heads.features)
+        self.probes = Probes(classes=heads.classes, features=heads.features, window=self.hedge.window)
         self.cursor = 0  # the last label event learned
         self.saved = 0  # ... as of the file on disk (the store keeps the events after it)
         self._unsaved = 0
@@ -337,7 +337,7 @@ class OnlineMembers:
                     f"{self.store.last_label_event()} (from another state directory?)"
                 )
             heads, hedge = self.heads.fresh(), self.hedge.fresh()  # nothing half-restored on failure
-            probes = Probes(classes=heads.classes, features=heads.features)
+            probes = Probes(classes=heads.classes, features=heads.features, window=self.hedge.window)
             heads.restore(tensors, saved["heads"])
             hedge.restore(saved["hedge"])
             probes.restore(

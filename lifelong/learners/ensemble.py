@@ -165,7 +165,12 @@ class Probes:
       by their shares, each class's samples evenly): the vote is judged half on what
       arrives now and half on what still holds from before (``past = 1``), so a member
       that adapts to each new domain by forgetting the old ones is not trusted for
-      being right on the newest.
+      being right on the newest. Those samples are scored again at every pass, so they
+      are as much evidence as they are many, not more: while they are fewer than the
+      ``window`` of labels the vote remembers (early on; two classes keep 64), they
+      weigh ``past`` times their share of it. Weighed fully, a few dozen samples would
+      decide the vote at the start of a stream, trusting whichever member happened to
+      get those few right.
 
     On a stream whose inputs and classes keep coming alike both kinds are judged as the
     recent labels are, and change nothing.
@@ -180,6 +185,7 @@ class Probes:
         absent_after: int = 300,
         recent: int = 100,
         past: float = 1.0,
+        window: float = Hedge().window,  # the labels the vote remembers (half-life 200: 289)
         seed: int = 0,
     ) -> None:
         self.classes = classes
@@ -187,6 +193,7 @@ class Probes:
         self.absent_after = absent_after
         self.recent = recent
         self.past = past
+        self.window = window
         self.count = np.zeros(classes, dtype=np.int64)  # labels seen per class
         self.last = np.zeros(classes, dtype=np.int64)  # the label count at each class's last label
         self.seen = 0
@@ -242,7 +249,9 @@ class Probes:
             holds = ~contradicted(Labeled(ids=[""] * len(y), x=x, y=y), [newer])
             kept = np.bincount(y[holds], minlength=self.classes)
             total = float(share[present].sum())
-            weight = self.past * share[y] / total / np.maximum(kept[y], 1)
+            # Each sample weighs at most one label of the vote's window (see the class's docstring).
+            past = self.past * min(1.0, int(holds.sum()) / self.window)
+            weight = past * share[y] / total / np.maximum(kept[y], 1)
             xs.append(x[holds])
             ys.append(y[holds])
             ws.append(weight[holds])
