@@ -96,9 +96,9 @@ from drift_streams import BASELINES, STREAMS, Stream, make_stream, run_river
 from lifelong.config import Settings, load_settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon
-from lifelong.daemon.ingest import Stored
 from lifelong.daemon.wiring import build_daemon, memory_connectors
 from lifelong.events import encode_feedback, encode_sample
+from lifelong.memory.samples import Stored
 
 log = logging.getLogger("bench.drift")
 

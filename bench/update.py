@@ -34,12 +34,12 @@ import torch.nn.functional as F
 
 from lifelong.benchmarks import DatasetMissingError, digits, fashion_mnist
 from lifelong.config import LearnerSettings
-from lifelong.daemon.online import STEPS
 from lifelong.labeled import Labeled
 from lifelong.learners.avalanche import AvalancheLearner
 from lifelong.learners.base import as_inputs
 from lifelong.learners.configured import build_heads
 from lifelong.learners.models import build_model
+from lifelong.learning.online import STEPS
 from lifelong.memory.rehearsal import RehearsalMemory
 
 

@@ -1,4 +1,4 @@
-"""The HTTP port (daemon/api.py): probes, versions, metrics, and the token-guarded rollback."""
+"""The HTTP port (lifelong/http/api.py): probes, versions, metrics, and the token-guarded rollback."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from lifelong.daemon.api import DeferredAdmin, HttpApi
-from lifelong.daemon.http import HttpServer
 from lifelong.errors import StateError, VersionNotFoundError
+from lifelong.http.api import DeferredAdmin, HttpApi
+from lifelong.http.server import HttpServer
 
 TOKEN = "s3cret-token"
 

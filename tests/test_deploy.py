@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.connectors.broker import free_port
-from lifelong.daemon.api import HttpApi
+from lifelong.http.api import HttpApi
 from lifelong.monitor.metrics import KnownGauge, Metrics
 from tests.kafka_setup import Running, Setup, events, wait_for
 

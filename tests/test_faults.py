@@ -20,11 +20,11 @@ from lifelong.benchmarks import digits
 from lifelong.config import Settings, load_settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon, RunState
-from lifelong.daemon.learning import build_updater
-from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.wiring import build_daemon, memory_connectors, open_memory, open_store
 from lifelong.errors import DiskFull
 from lifelong.events import encode_sample
+from lifelong.learning.build import build_updater
+from lifelong.learning.remember import MemoryFeed
 from lifelong.memory.samples import IngestBatch
 from lifelong.registry import open_registry
 from tests import waiting

@@ -11,11 +11,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lifelong"
 
 # subpackage -> subpackages it must never import
 FORBIDDEN = {
-    "connectors": {"daemon", "demo", "learners", "memory", "registry"},
-    "memory": {"daemon", "demo", "learners", "connectors", "registry"},
-    "registry": {"daemon", "demo", "learners", "connectors", "memory"},
-    "learners": {"daemon", "demo", "connectors", "registry"},
-    "monitor": {"daemon", "learners", "connectors", "memory", "registry", "demo"},
+    "connectors": {"daemon", "demo", "http", "learning", "learners", "memory", "registry"},
+    "memory": {"daemon", "demo", "http", "learning", "learners", "connectors", "registry"},
+    "registry": {"daemon", "demo", "http", "learning", "learners", "connectors", "memory"},
+    "learners": {"daemon", "demo", "http", "learning", "connectors", "registry"},
+    "monitor": {"daemon", "http", "learning", "learners", "connectors", "memory", "registry", "demo"},
+    "http": {"daemon", "demo", "learning", "learners", "connectors", "memory", "registry", "monitor"},
+    "learning": {"daemon", "demo", "http"},
 }
 # third-party modules a subpackage must never import
 FORBIDDEN_LIBRARIES = {
@@ -23,6 +25,8 @@ FORBIDDEN_LIBRARIES = {
     "learners": {"kafka", "prometheus_client", "apscheduler"},
     "memory": {"kafka", "prometheus_client", "apscheduler", "torch", "avalanche"},
     "monitor": {"kafka", "torch", "avalanche", "faiss", "apscheduler"},
+    "http": {"kafka", "torch", "avalanche", "faiss", "apscheduler"},
+    "learning": {"kafka", "apscheduler"},
 }
 
 
@@ -84,14 +88,15 @@ def test_the_layout_covers_every_room_and_top_level_module() -> None:
 
 
 # top-level module -> rooms it must never import
+ROOMS = {"daemon", "demo", "http", "learning", "learners", "memory", "registry", "connectors", "monitor"}
 TOP_LEVEL = {
-    "config": {"daemon", "learners", "memory", "registry", "connectors"},
-    "errors": {"daemon", "learners", "memory", "registry", "connectors"},
-    "events": {"daemon", "learners", "memory", "registry", "connectors"},
-    "files": {"daemon", "learners", "memory", "registry", "connectors"},
-    "labeled": {"daemon", "learners", "memory", "registry", "connectors", "monitor"},
-    "benchmarks": {"daemon", "memory", "registry", "connectors"},
-    "serving": {"daemon", "memory"},
+    "config": ROOMS,
+    "errors": ROOMS,
+    "events": ROOMS,
+    "files": ROOMS,
+    "labeled": ROOMS,
+    "benchmarks": {"daemon", "demo", "http", "learning", "memory", "registry", "connectors"},
+    "serving": {"daemon", "demo", "http", "learning", "memory"},
 }
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lifelong.daemon.online import OnlineMembers
 from lifelong.events import Sample
 from lifelong.learners.ensemble import Hedge
 from lifelong.learners.heads import Heads
+from lifelong.learning.online import OnlineMembers
 from lifelong.memory.samples import IngestBatch, SampleStore
 from tests.blobs import CLASSES, FEATURES, accuracy, blobs
 from tests.streams import stored

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lifelong.daemon.remember import MemoryFeed
 from lifelong.errors import StateMismatch
 from lifelong.events import Sample
+from lifelong.learning.remember import MemoryFeed
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import IngestBatch, SampleStore
 from tests.streams import stored

@@ -13,11 +13,11 @@ import torch
 from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.connectors.memory import MemoryBus, MemoryTail
-from lifelong.daemon.learning import build_updater
-from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.wiring import open_memory, open_store
 from lifelong.errors import LifelongError
 from lifelong.learners.configured import build_learner
+from lifelong.learning.build import build_updater
+from lifelong.learning.remember import MemoryFeed
 from lifelong.registry import open_registry
 from lifelong.serving import ServingModel
 from tests import waiting

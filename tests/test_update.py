@@ -12,12 +12,12 @@ import torch
 from lifelong.benchmarks import digits
 from lifelong.config import load_settings
 from lifelong.daemon.cli import main
-from lifelong.daemon.learning import build_updater
-from lifelong.daemon.remember import MemoryFeed
-from lifelong.daemon.update import Updater
 from lifelong.daemon.wiring import open_memory, open_store
 from lifelong.errors import RoundAbandoned, RoundDeferred
 from lifelong.events import Sample
+from lifelong.learning.build import build_updater
+from lifelong.learning.remember import MemoryFeed
+from lifelong.learning.update import Updater
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.samples import IngestBatch, SampleStore
 from lifelong.registry import open_registry

@@ -25,13 +25,13 @@ from types import TracebackType
 from typing import IO, Any
 
 from lifelong.daemon.control import Controller
-from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
-from lifelong.daemon.online import OnlineMembers
-from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.scheduling import Schedule
 from lifelong.errors import LearningDisabled, LifelongError, StateError, StateInUse
 from lifelong.files import disk_full, is_disk_full, write_atomically
+from lifelong.http.server import HttpServer
+from lifelong.learning.online import OnlineMembers
+from lifelong.learning.remember import MemoryFeed
 from lifelong.monitor.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from lifelong.connectors.base import Publisher
-from lifelong.daemon.update import Outcome, Updater
 from lifelong.errors import DiskFull, LifelongError, RoundAbandoned, RoundDeferred, StateDamaged
 from lifelong.files import is_disk_full
+from lifelong.learning.update import Outcome, Updater
 from lifelong.monitor.live import LiveAccuracy
 from lifelong.monitor.metrics import Metrics
 from lifelong.registry import ModelVersion

@@ -8,23 +8,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 from lifelong.connectors.base import Batch, DeadLetter, DeadLetterSink, Source, TopicPartition
 from lifelong.events import Decoded, TopicDecoder
-from lifelong.memory.samples import Applied, IngestBatch, SampleStore
+from lifelong.memory.samples import Applied, IngestBatch, SampleStore, Stored
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Stored:
-    """What one stored batch held, for the watchers after ingestion (metrics, live accuracy)."""
-
-    batch: IngestBatch
-    applied: Applied
-    events: Counter[tuple[str, str]]  # (topic, "accepted" | "rejected") -> count
 
 
 class Ingestor:

@@ -16,22 +16,22 @@ from lifelong.connectors.base import DeadLetterSink, Publisher, Source
 from lifelong.connectors.kafka import KafkaSource, client_options, ensure_topics
 from lifelong.connectors.kafka_topics import KafkaDeadLetterSink, KafkaPublisher
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
-from lifelong.daemon.api import DeferredAdmin, HttpApi
 from lifelong.daemon.app import Daemon, Probation, StateLock, quietly
 from lifelong.daemon.control import Controller
-from lifelong.daemon.http import HttpServer
 from lifelong.daemon.ingest import Ingestor
-from lifelong.daemon.learning import build_updater
-from lifelong.daemon.online import OnlineMembers
-from lifelong.daemon.remember import MemoryFeed
 from lifelong.daemon.scheduling import Schedule
-from lifelong.daemon.update import Updater
-from lifelong.daemon.watch import Watch
 from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
+from lifelong.http.api import DeferredAdmin, HttpApi
+from lifelong.http.server import HttpServer
 from lifelong.learners.base import Learner
 from lifelong.learners.configured import build_heads
 from lifelong.learners.ensemble import Hedge
+from lifelong.learning.build import build_updater
+from lifelong.learning.online import OnlineMembers
+from lifelong.learning.remember import MemoryFeed
+from lifelong.learning.update import Updater
+from lifelong.learning.watch import Watch
 from lifelong.memory.rehearsal import FORMAT as MEMORY_FORMAT
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore

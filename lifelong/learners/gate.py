@@ -33,7 +33,7 @@ A candidate is rejected if it is worse than the champion beyond the margin on
 the current window, or on the remembered knowledge, unless its gain on the
 current window (beyond its own noise) outweighs that loss: the world it is
 served to now counts first, and what still holds is kept otherwise. Labels that
-flip samples already labeled never get here unreviewed (``lifelong.daemon.trust``).
+flip samples already labeled never get here unreviewed (``lifelong.learning.trust``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ signature of poisoned or buggy feedback (a label map shifted upstream, a user
 relabeling one class as another); it is also how a genuine correction arrives.
 With ``hold`` set, the store keeps the label in place and puts the new one in
 ``held_labels``: nothing trains on it, judges with it or replays it. The
-daemon's review (:class:`lifelong.daemon.trust.LabelTrust`) releases a held
+daemon's review (:class:`lifelong.learning.trust.LabelTrust`) releases a held
 label once the serving model or the sample's neighbours agree with it, and
 drops it when it has waited too long. A later label equal to the one in place
 withdraws the held one. The label in place is the first the sample had (its

@@ -74,6 +74,15 @@ class Applied:
     expired_feedback: int = 0
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What one stored batch held, for the watchers after ingestion (metrics, live accuracy)."""
+
+    batch: IngestBatch
+    applied: Applied
+    events: Counter[tuple[str, str]]  # (topic, "accepted" | "rejected") -> count
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStatus:
     """Counts for ``lifelong status``."""

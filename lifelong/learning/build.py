@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lifelong.config import Settings
-from lifelong.daemon.remember import MemoryFeed
-from lifelong.daemon.trust import LabelTrust
-from lifelong.daemon.update import Updater
 from lifelong.learners.configured import build_gate, build_learner
 from lifelong.learners.trainer import Trainer
+from lifelong.learning.remember import MemoryFeed
+from lifelong.learning.trust import LabelTrust
+from lifelong.learning.update import Updater
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore
 from lifelong.registry import open_registry
-
-if TYPE_CHECKING:
-    pass
 
 
 def build_trainer(settings: Settings) -> Trainer:

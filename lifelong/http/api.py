@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from lifelong.daemon.http import MAX_BODY_BYTES
 from lifelong.errors import LifelongError, NotReady, VersionNotFoundError
+from lifelong.http.server import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the daemon watches as events are stored: live predictions, drift signals, ingestion metrics.
 
-Called on the consumer thread after each stored batch (:class:`~lifelong.daemon.ingest.Stored`):
+Called on the consumer thread after each stored batch (:class:`~lifelong.memory.samples.Stored`):
 the champion and the online heads predict the batch's samples (and, during a
 probation, the champion's predecessor too), their weighted vote is served;
 labels score the predictions they answer, then the heads learn them; the drift signals
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from lifelong.connectors.base import Publisher
-from lifelong.daemon.ingest import Stored
-from lifelong.daemon.online import OnlineMembers
 from lifelong.learners.base import Learner, class_probabilities, most_likely
+from lifelong.learning.online import OnlineMembers
 from lifelong.memory.reads import rows_matrix
 from lifelong.memory.rehearsal import RehearsalMemory
+from lifelong.memory.samples import Stored
 from lifelong.monitor.drift import DriftMonitor
 from lifelong.monitor.live import LiveAccuracy
 from lifelong.monitor.metrics import Metrics

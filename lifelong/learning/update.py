@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.daemon.trust import LabelTrust
 from lifelong.errors import LifelongError, RoundAbandoned, RoundDeferred, StateError, StateMismatch
 from lifelong.labeled import Labeled
 from lifelong.learners.base import Learner
 from lifelong.learners.gate import Verdict, contradicted, finite
 from lifelong.learners.trainer import Trainer
+from lifelong.learning.trust import LabelTrust
 from lifelong.memory.reads import rows_matrix, stack_rows
 from lifelong.memory.rehearsal import RehearsalMemory
 from lifelong.memory.samples import SampleStore

@@ -1,0 +1,1 @@
+"""The daemon's HTTP port: the server (a selector and a fixed pool of workers) and the API it answers."""
