@@ -163,7 +163,7 @@ def run_lifelong(
 
 def run_lda_rff(sc: Scenario, settings: LearnerSettings, round_size: int) -> dict[str, Any]:
     """The forgetting-free baseline: streaming LDA on 2,048 random Fourier features, every sample once."""
-    heads = heads_for(settings, sc, half_lives=[0], linear=[], restarting=False, lda_features=2048)
+    heads = heads_for(settings, sc, heads=[0], linear=[], restarting_head=False, lda_features=2048)
     matrix = []
     for task in sc.tasks:
         for new in chunks(task, round_size):

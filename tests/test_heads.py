@@ -16,7 +16,7 @@ from tests.blobs import CLASSES, FEATURES, accuracy, blobs
 
 
 def test_a_new_class_is_predicted_within_fifty_of_its_labels() -> None:
-    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0])
+    heads = Heads(features=FEATURES, classes=CLASSES, heads=[0])
     x, y = blobs(600, 0, classes=[0, 1, 2])
     heads.learn(x, y)
     assert heads.predict(x[:1])["lda"].shape == (1,)
@@ -30,7 +30,7 @@ def test_a_new_class_is_predicted_within_fifty_of_its_labels() -> None:
 
 
 def test_a_decaying_head_follows_a_concept_change_the_unforgetting_one_does_not() -> None:
-    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 100])
+    heads = Heads(features=FEATURES, classes=CLASSES, heads=[0, 100])
     x, y = blobs(3000, 4)
     heads.learn(x, y)
     later_x, later_y = blobs(600, 5)
@@ -44,7 +44,7 @@ def test_a_decaying_head_follows_a_concept_change_the_unforgetting_one_does_not(
 
 
 def test_the_restarting_head_drops_an_old_concept_once_its_errors_rise() -> None:
-    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0], restarting=True)
+    heads = Heads(features=FEATURES, classes=CLASSES, heads=[0], restarting_head=True)
     x, y = blobs(3000, 40)
     for start in range(0, 3000, 100):
         heads.learn(x[start : start + 100], y[start : start + 100])
@@ -114,7 +114,7 @@ def test_the_restarting_head_restarts_from_where_its_errors_rose() -> None:
 
 
 def test_a_decaying_head_keeps_a_class_that_is_only_absent() -> None:
-    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[100])
+    heads = Heads(features=FEATURES, classes=CLASSES, heads=[100])
     x, y = blobs(300, 10, classes=[0, 1])
     heads.learn(x, y)
     for seed in range(11, 31):  # 2,000 labels of other classes: twenty half-lives
@@ -125,7 +125,7 @@ def test_a_decaying_head_keeps_a_class_that_is_only_absent() -> None:
 
 
 def test_the_prior_answers_before_any_label_and_linear_members_learn() -> None:
-    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0], linear=[0.05])
+    heads = Heads(features=FEATURES, classes=CLASSES, heads=[0], linear=[0.05])
     x, y = blobs(400, 12)
     assert heads.predict(x[:3]) == {"prior": pytest.approx(np.zeros(3))}  # class 0: nothing known yet
     heads.learn(x[:10], np.full(10, 4))
@@ -140,11 +140,11 @@ def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
     settings: dict[str, Any] = {
         "features": FEATURES,
         "classes": CLASSES,
-        "half_lives": [0, 100],
+        "heads": [0, 100],
         "linear": [0.05],
-        "restarting": True,
+        "restarting_head": True,
         "restarting_bandwidths": [1.0, 0.5],
-        "random_features": 64,
+        "head_features": 64,
         "lda_features": 96,
     }
     first = Heads(**settings)
@@ -162,7 +162,7 @@ def test_a_checkpoint_continues_exactly_and_refuses_other_settings() -> None:
     final, _ = first.checkpoint()
     for key, tensor in second.checkpoint()[0].items():
         assert torch.equal(tensor, final[key]), key
-    other = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 50], random_features=64)
+    other = Heads(features=FEATURES, classes=CLASSES, heads=[0, 50], head_features=64)
     with pytest.raises(ValueError, match="half_lives"):
         other.restore(*first.checkpoint())
     narrower = Heads(**settings | {"restarting_bandwidths": [1.0, 0.25]})
@@ -181,7 +181,7 @@ def test_a_restarting_head_on_a_narrower_map_draws_a_finer_boundary() -> None:
         x = rng.uniform(0, 1, (n, 2)).astype(np.float32)
         return x, (x[:, 1] < 0.5 + 0.3 * np.sin(6 * np.pi * x[:, 0])).astype(np.int64)
 
-    heads = Heads(features=2, classes=2, half_lives=[], restarting=True, restarting_bandwidths=[1.0, 0.25])
+    heads = Heads(features=2, classes=2, heads=[], restarting_head=True, restarting_bandwidths=[1.0, 0.25])
     heads.learn(*wave(3000))
     predictor = heads.predictor()
     assert set(predictor.projections) == {"map", "map_0.25"}
@@ -196,7 +196,7 @@ def test_a_restarting_head_on_a_narrower_map_draws_a_finer_boundary() -> None:
         accuracy(predicted["lda_restart_0.25"], test_y) >= accuracy(predicted["lda_restart"], test_y) + 0.05
     )
     with pytest.raises(ValueError, match="restarting_bandwidths"):
-        Heads(features=2, classes=2, restarting=True, restarting_bandwidths=[0.5, 0.5])
+        Heads(features=2, classes=2, restarting_head=True, restarting_bandwidths=[0.5, 0.5])
 
 
 def checkerboard(n: int, seed: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -206,7 +206,7 @@ def checkerboard(n: int, seed: int) -> tuple[np.ndarray[Any, Any], np.ndarray[An
 
 
 def test_the_head_that_never_forgets_reads_a_wider_map_of_its_own() -> None:
-    settings: dict[str, Any] = {"features": 2, "classes": 2, "half_lives": [0, 100], "random_features": 16}
+    settings: dict[str, Any] = {"features": 2, "classes": 2, "heads": [0, 100], "head_features": 16}
     shared, wide = Heads(**settings), Heads(**settings, lda_features=512)
     x, y = checkerboard(4000, 1)
     shared.learn(x, y)
@@ -223,9 +223,9 @@ def test_the_head_that_never_forgets_reads_a_wider_map_of_its_own() -> None:
 
 
 def test_the_automatic_wide_map_grows_with_the_inputs_and_is_skipped_where_the_shared_one_suffices() -> None:
-    auto = partial(wide_features, "auto", random_features=256)
+    auto = partial(wide_features, "auto", head_features=256)
     assert [auto(features=n) for n in (784, 64, 40, 32, 2)] == [4096, 512, 512, 0, 0]
-    assert wide_features(1000, features=2, random_features=256) == 1000  # a count is taken as given
+    assert wide_features(1000, features=2, head_features=256) == 1000  # a count is taken as given
 
 
 def test_a_wide_heads_covariance_is_solved_again_as_labels_grow_its_means_at_every_fit() -> None:
@@ -323,7 +323,7 @@ def test_labels_outside_the_classes_are_refused() -> None:
 
 
 def test_without_a_discriminant_head_no_random_features_are_computed() -> None:
-    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[], linear=[0.05], random_features=256)
+    heads = Heads(features=FEATURES, classes=CLASSES, heads=[], linear=[0.05], head_features=256)
     x, y = blobs(300, 50)
     heads.learn(x, y)
     predictor = heads.predictor()

@@ -45,7 +45,7 @@ def fill(store: SampleStore, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], s
 
 def online_at(store: SampleStore, directory: Path) -> OnlineMembers:
     return OnlineMembers(
-        heads=Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 100], random_features=32),
+        heads=Heads(features=FEATURES, classes=CLASSES, heads=[0, 100], head_features=32),
         hedge=Hedge(),
         store=store,
         lock=threading.RLock(),

@@ -55,11 +55,11 @@ def assert_same(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 class Fixture:
     """A registry under a temp dir, plus the weights each version was added with."""
 
-    def __init__(self, root: Path, keep_last: int = 20) -> None:
+    def __init__(self, root: Path, keep_versions: int = 20) -> None:
         ticks = itertools.count(1_700_000_000)
         self.clock: Callable[[], float] = lambda: float(next(ticks))
         self.root = root
-        self.registry = ModelRegistry(root=root, keep_last=keep_last, clock=self.clock)
+        self.registry = ModelRegistry(root=root, keep_versions=keep_versions, clock=self.clock)
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
 
     def add(self, promote: bool, **extra: object) -> ModelVersion:
@@ -310,7 +310,7 @@ def test_moving_head_aside_then_naming_a_version_recovers(fx: Fixture) -> None:
 
 
 def test_retention_keeps_last_n_and_every_promoted_version(tmp_path: Path) -> None:
-    fx = Fixture(tmp_path, keep_last=2)
+    fx = Fixture(tmp_path, keep_versions=2)
     fx.add(True)  # 1
     fx.add(False)  # 2
     fx.add(True)  # 3
@@ -338,7 +338,7 @@ def test_retention_keeps_last_n_and_every_promoted_version(tmp_path: Path) -> No
 def test_prune_applies_a_smaller_keep_last(fx: Fixture) -> None:
     for promote in (True, False, False, False, True, False):
         fx.add(promote)
-    smaller = ModelRegistry(root=fx.root, keep_last=1)
+    smaller = ModelRegistry(root=fx.root, keep_versions=1)
     assert smaller.prune() == [2, 3, 4]
     assert [v.version for v in smaller.versions()] == [1, 5, 6]
 
@@ -422,8 +422,8 @@ def test_bad_input_is_refused_before_anything_is_written(fx: Fixture, bad: dict[
 
 
 def test_constructor_validates_keep_last(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="keep_last"):
-        ModelRegistry(root=tmp_path, keep_last=0)
+    with pytest.raises(ValueError, match="keep_versions"):
+        ModelRegistry(root=tmp_path, keep_versions=0)
 
 
 @settings(max_examples=25, deadline=None)
@@ -431,7 +431,7 @@ def test_constructor_validates_keep_last(tmp_path: Path) -> None:
 def test_random_histories_keep_a_loadable_promoted_champion(operations: list[str]) -> None:
     # A directory per example: hypothesis runs many inside one call, so tmp_path would be shared.
     with tempfile.TemporaryDirectory() as root:
-        check_history(Fixture(Path(root), keep_last=2), operations)
+        check_history(Fixture(Path(root), keep_versions=2), operations)
 
 
 def check_history(fx: Fixture, operations: list[str]) -> None:

@@ -85,7 +85,7 @@ def test_feedback_overrides_inline_and_latest_feedback_wins(store: SampleStore) 
 
 
 def test_held_relabels_wait_out_of_training_until_released_or_dropped(tmp_path: Path) -> None:
-    with SampleStore.open(tmp_path, hold_relabels=True) as store:
+    with SampleStore.open(tmp_path, relabels="hold") as store:
         store.apply(batch(Sample("a", X, 1), Sample("b", X, 1), Sample("c", X, 1), Sample("w", X)))
         events = store.last_label_event()
         applied = store.apply(batch(Feedback("a", 2), Feedback("b", 3), Feedback("c", 4), Feedback("w", 5)))
@@ -118,7 +118,7 @@ def test_held_labels_do_not_depend_on_how_the_topics_interleave(
 ) -> None:
     outcomes = []
     for cut in range(len(feedback) + 1):  # the sample arrives after `cut` of the feedback labels
-        with SampleStore.open(tmp_path / str(cut), hold_relabels=True) as store:
+        with SampleStore.open(tmp_path / str(cut), relabels="hold") as store:
             for y in feedback[:cut]:
                 store.apply(batch(Feedback("a", y)))
             store.apply(batch(Sample("a", X, inline)))

@@ -48,7 +48,7 @@ def test_members_about_as_good_decide_by_how_sure_each_is() -> None:
 
 
 def test_each_members_probabilities_agree_with_its_labels() -> None:
-    heads = Heads(features=FEATURES, classes=CLASSES, half_lives=[0, 100], linear=[0.05], restarting=True)
+    heads = Heads(features=FEATURES, classes=CLASSES, heads=[0, 100], linear=[0.05], restarting_head=True)
     x, y = blobs(400, 14, classes=[0, 1, 2])
     before = heads.probabilities(x[:3])
     np.testing.assert_allclose(before["prior"], np.full((3, CLASSES), 1 / CLASSES))  # nothing known yet

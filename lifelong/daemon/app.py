@@ -129,7 +129,7 @@ class Daemon:
         *,
         ingestor: Ingestor,
         feed: MemoryFeed | None = None,
-        feed_interval_s: float = 2.0,
+        follow_interval_s: float = 2.0,
         control: Controller | None = None,
         schedule: Schedule | None = None,
         http: HttpServer | None = None,
@@ -148,7 +148,7 @@ class Daemon:
     ) -> None:
         self.ingestor = ingestor
         self.feed = feed
-        self.feed_interval_s = feed_interval_s
+        self.follow_interval_s = follow_interval_s
         self.control = control
         self.schedule = schedule
         self.http = http
@@ -284,8 +284,8 @@ class Daemon:
             raise self.control.fatal
 
     def _follow(self, *, idle: bool) -> None:
-        """Let the memory and the heads catch up: when idle, else at most every ``feed_interval_s``."""
-        if not (idle or self.clock() - self._last_feed >= self.feed_interval_s):
+        """Let the memory and the heads catch up: when idle, else at most every ``follow_interval_s``."""
+        if not (idle or self.clock() - self._last_feed >= self.follow_interval_s):
             return
         self._last_feed = self.clock()
         if self.online is not None:

@@ -52,7 +52,7 @@ def open_store(settings: Settings, *, readonly: bool = False) -> SampleStore:
         settings.state.dir,
         waiting_ttl_s=settings.state.waiting_ttl_s,
         max_waiting=settings.state.max_waiting,
-        hold_relabels=settings.data.relabels == "hold",
+        relabels=settings.data.relabels,
         readonly=readonly,
     )
 
@@ -206,7 +206,7 @@ def build_daemon(
         store=store,
         memory=memory,
         snapshot_interval_s=settings.memory.snapshot_interval_s,
-        batch_rows=settings.memory.follow_batch,
+        follow_batch=settings.memory.follow_batch,
         retain_after=lambda: min(
             updater.cursor if updater is not None else feed.position,
             online.saved if online is not None else feed.position,
@@ -234,7 +234,7 @@ def build_daemon(
     daemon = Daemon(
         ingestor=Ingestor(source=source, sink=connectors.dead_letters, store=store, decode=decode, lock=lock),
         feed=feed,
-        feed_interval_s=settings.memory.follow_interval_s,
+        follow_interval_s=settings.memory.follow_interval_s,
         control=control,
         schedule=schedule,
         metrics=metrics,

@@ -49,13 +49,13 @@ def build_learner(
 def build_heads(learner: LearnerSettings, *, features: int, classes: int, **overrides: Any) -> Heads:
     """The online heads ``[learner] heads`` and ``head_features`` describe (``overrides`` on top)."""
     options: dict[str, Any] = {
-        "half_lives": learner.heads,
+        "heads": learner.heads,
         "linear": learner.linear,
-        "restarting": learner.restarting_head,
+        "restarting_head": learner.restarting_head,
         "restarting_bandwidths": learner.restarting_bandwidths,
-        "random_features": learner.head_features,
+        "head_features": learner.head_features,
         "lda_features": wide_features(
-            learner.lda_features, features=features, random_features=learner.head_features
+            learner.lda_features, features=features, head_features=learner.head_features
         ),
         "scaling": learner.scaling,
         "scaling_range": learner.scaling_range,

@@ -41,7 +41,7 @@ another thread predicts with it while the members learn on.
 
 Example::
 
-    heads = Heads(features=10, classes=3, half_lives=[0, 100], linear=[0.05], lda_features=512)
+    heads = Heads(features=10, classes=3, heads=[0, 100], linear=[0.05], lda_features=512)
     heads.predict(x_new)              # {"prior": array([0, ...])}: nothing learned yet
     heads.learn(x, y)                 # n x 10 inputs, n labels
     heads.predict(x_new)              # {"lda": ..., "lda_100": ..., "linear_0.05": ..., "prior": ...}
@@ -77,16 +77,16 @@ WIDE_PER_INPUT = 8
 WIDEST = 4096
 
 
-def wide_features(setting: int | str, *, features: int, random_features: int) -> int:
+def wide_features(setting: int | str, *, features: int, head_features: int) -> int:
     """The never-forgetting head's own random features for ``lda_features`` (``"auto"`` or a count).
 
     Auto: ``WIDE_PER_INPUT`` per input, rounded up to a multiple of 256, at most ``WIDEST``; 0 (the
-    shared map) where that is no wider than the shared map's ``random_features``.
+    shared map) where that is no wider than the shared map's ``head_features``.
     """
     if setting != "auto":
         return int(setting)
     wide = min(WIDEST, -(-WIDE_PER_INPUT * features // 256) * 256)
-    return wide if wide > random_features else 0
+    return wide if wide > head_features else 0
 
 
 def head_name(half_life: int) -> str:
@@ -180,43 +180,43 @@ class Heads:
         *,
         features: int,
         classes: int,
-        half_lives: Sequence[int] = (0, 100, 1000),
+        heads: Sequence[int] = (0, 100, 1000),
         linear: Sequence[float] = (),
-        restarting: bool = False,
+        restarting_head: bool = False,
         restarting_bandwidths: Sequence[float] = (1.0,),
-        random_features: int = 256,
+        head_features: int = 256,
         lda_features: int = 0,
         scaling: str = "auto",
         scaling_range: Sequence[float] = (0.0, 1.0),
         seed: int = 0,
     ) -> None:
-        if any(h < 0 for h in half_lives) or len(set(half_lives)) != len(half_lives):
-            raise ValueError(f"half_lives must be distinct and >= 0, got {list(half_lives)}")
+        if any(h < 0 for h in heads) or len(set(heads)) != len(heads):
+            raise ValueError(f"heads must be distinct and >= 0, got {list(heads)}")
         if any(not r > 0 for r in linear) or len({linear_name(r) for r in linear}) != len(linear):
             raise ValueError(f"linear learning rates must be distinct and > 0, got {list(linear)}")
         bandwidths = list(restarting_bandwidths)
-        if restarting and (
+        if restarting_head and (
             not bandwidths or any(not b > 0 for b in bandwidths) or len(set(bandwidths)) != len(bandwidths)
         ):
             raise ValueError(f"restarting_bandwidths must be distinct and > 0, got {bandwidths}")
-        if random_features < 0 or lda_features < 0:
+        if head_features < 0 or lda_features < 0:
             raise ValueError(f"random features must be >= 0, got {random_features} and {lda_features}")
         self.features = features
         self.classes = classes
         # Only the discriminant heads read the random features: without one on the shared map it is not
         # drawn, and serving (on the ingestion path) does not compute it.
-        self.lda_features = lda_features if 0 in half_lives else 0
-        shared = restarting or any(h or not self.lda_features for h in half_lives)
-        self.random_features = random_features if shared else 0
+        self.lda_features = lda_features if 0 in heads else 0
+        shared = restarting_head or any(h or not self.lda_features for h in heads)
+        self.random_features = head_features if shared else 0
         self.seed = seed
         self._settings: dict[str, Any] = {
             "features": features,
             "classes": classes,
-            "half_lives": list(half_lives),
+            "heads": list(heads),
             "linear": list(linear),
-            "restarting": restarting,
+            "restarting_head": restarting_head,
             "restarting_bandwidths": bandwidths,
-            "random_features": random_features,
+            "head_features": head_features,
             "lda_features": lda_features,
             "scaling": scaling,
             "scaling_range": tuple(scaling_range),
@@ -229,20 +229,20 @@ class Heads:
         # of random features). The shared one for the decaying heads, one more per other restarting
         # bandwidth, and the never-forgetting head's own; drawn in this order.
         self._specs: dict[str, tuple[float, int]] = {SHARED: (1.0, self.random_features)}
-        if restarting:
+        if restarting_head:
             self._specs |= {map_key(b): (b, self.random_features) for b in sorted(bandwidths) if b != 1.0}
         if self.lda_features:
             self._specs[WIDE] = (1.0, self.lda_features)
         self.maps: dict[str, str] = {}
         self.members: dict[str, StreamingLDA | RestartingLDA | OnlineLogistic] = {}
-        for h in half_lives:
+        for h in heads:
             if h == 0 and self.lda_features:
                 self.maps[head_name(h)] = WIDE
                 width = features + self.lda_features
                 self.members[head_name(h)] = StreamingLDA(width=width, classes=classes, refactor=REFACTOR)
             else:
                 self.members[head_name(h)] = StreamingLDA(width=self.width, classes=classes, half_life=h)
-        if restarting:
+        if restarting_head:
             for bandwidth in bandwidths:
                 name = restarting_name(bandwidth)
                 self.members[name] = RestartingLDA(width=self.width, classes=classes)
@@ -379,9 +379,9 @@ class Heads:
             "classes": self.classes,
             "random_features": self.random_features,
             "lda_features": self.lda_features,
-            "half_lives": self._settings["half_lives"],
+            "half_lives": self._settings["heads"],
             "linear": self._settings["linear"],
-            "restarting": self._settings["restarting"],
+            "restarting": self._settings["restarting_head"],
             "restarting_bandwidths": self._settings["restarting_bandwidths"],
             "bandwidth": self.bandwidth,
             "started": self._started,
@@ -400,9 +400,9 @@ class Heads:
             "classes": self.classes,
             "random_features": self.random_features,
             "lda_features": self.lda_features,
-            "half_lives": self._settings["half_lives"],
+            "half_lives": self._settings["heads"],
             "linear": self._settings["linear"],
-            "restarting": self._settings["restarting"],
+            "restarting": self._settings["restarting_head"],
             "restarting_bandwidths": self._settings["restarting_bandwidths"],
         }
         differs = {key: (meta.get(key), value) for key, value in own.items() if meta.get(key) != value}

@@ -54,7 +54,7 @@ def build_updater(
         registry=open_registry(settings),
         features=settings.data.features,
         recent=settings.learner.recent,
-        max_round_samples=settings.schedule.max_round_labels,
+        max_round_labels=settings.schedule.max_round_labels,
         config=settings.learner.model_dump(mode="json"),
         before_round=before_round,
         trust=trust,

@@ -41,14 +41,14 @@ class MemoryFeed:
         store: SampleStore,
         memory: RehearsalMemory,
         snapshot_interval_s: float = 60.0,
-        batch_rows: int = 20_000,
+        follow_batch: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
         retain_after: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.memory = memory
         self.snapshot_interval_s = snapshot_interval_s
-        self.batch_rows = batch_rows
+        self.follow_batch = follow_batch
         self.clock = clock
         # Another follower (the update rounds) may still need events the memory has consumed.
         self.retain_after = retain_after
@@ -72,8 +72,8 @@ class MemoryFeed:
         return self.store.last_label_event() - self.position
 
     def step(self, limit: int | None = None) -> int:
-        """Consume up to ``limit`` (default ``batch_rows``) label events; return how many."""
-        events = self.store.labels_given(self.position, limit or self.batch_rows)
+        """Consume up to ``limit`` (default ``follow_batch``) label events; return how many."""
+        events = self.store.labels_given(self.position, limit or self.follow_batch)
         if not events:
             return 0
         latest = {e.id: e.y for e in events}  # an id labeled twice here keeps its last label

@@ -98,7 +98,7 @@ class Updater:
         registry: ModelRegistry,
         features: int,
         recent: int = 1000,
-        max_round_samples: int = 100_000,
+        max_round_labels: int = 100_000,
         config: dict[str, Any] | None = None,
         before_round: Callable[[], None] | None = None,
         trust: LabelTrust | None = None,
@@ -111,7 +111,7 @@ class Updater:
         self.registry = registry
         self.features = features
         self.recent = recent
-        self.max_round_samples = max_round_samples
+        self.max_round_labels = max_round_labels
         self.config = config or {}
         self.before_round = before_round
         self.trust = trust
@@ -314,14 +314,14 @@ class Updater:
 
         Young: the round brings at least as many labels as the champion has trained on, so it
         (at least) doubles what the model learned from; its live probation checks it after.
-        A round that reached ``max_round_samples`` is recorded as it is (rejected).
+        A round that reached ``max_round_labels`` is recorded as it is (rejected).
         """
         if verdict.judged:
             return verdict
         if not verdict.change_pending and samples >= self._cursor:
             reason = f"{verdict.reason}; promoted while young: {samples} new labels, {self._cursor} before"
             return Verdict(True, verdict.scores, reason)
-        if samples < self.max_round_samples:  # more labels and held-out samples come by the next round
+        if samples < self.max_round_labels:  # more labels and held-out samples come by the next round
             raise RoundDeferred(f"update round deferred: {verdict.reason}; its labels wait")
         return verdict
 
@@ -339,7 +339,7 @@ class Updater:
 
     def _gather(self, upto: int | None) -> _RoundData | None:
         """What a round reads from the store (label events up to ``upto``) and the memory, under the lock."""
-        events = self.store.label_events(self._cursor, self.max_round_samples)
+        events = self.store.label_events(self._cursor, self.max_round_labels)
         if upto is not None:
             scored = [e for e in events if e.seq <= upto]
             if events and not scored:

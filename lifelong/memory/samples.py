@@ -6,7 +6,7 @@ after a crash (even ``kill -9``) the store and the read position agree: the
 daemon resumes at the stored offsets, and no event is lost or stored twice.
 
 Label rule (wire contract v1): a feedback label overrides an inline label, and
-among feedback events for one id the last one read wins. With ``hold_relabels``
+among feedback events for one id the last one read wins. With ``relabels="hold"``
 the first label a sample has stays and a feedback label changing it is held
 (:mod:`lifelong.memory.held`). Either result does not depend on how the samples
 and feedback topics interleave.
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lifelong.errors import StateError
 from lifelong.memory.held import HeldLabels
@@ -69,7 +69,7 @@ class Applied:
     labeled_late: int = 0
     relabeled: int = 0
     early_feedback: int = 0
-    held: int = 0  # relabels held back for review (``hold_relabels``)
+    held: int = 0  # relabels held back for review (``relabels="hold"``)
     expired_samples: int = 0
     expired_feedback: int = 0
 
@@ -127,11 +127,11 @@ class SampleStore(SampleReads, HeldLabels):
         path: Path,
         waiting_ttl_s: float,
         max_waiting: int,
-        hold_relabels: bool = False,
+        relabels: Literal["hold", "accept"] = "accept",
     ) -> None:
         self.path = path
         # Feedback that changes a label already given waits in held_labels (see lifelong.memory.held).
-        self.hold_relabels = hold_relabels
+        self.relabels = relabels
         self.waiting_ttl_s = waiting_ttl_s
         self.max_waiting = max_waiting
         self._db = connection
@@ -148,7 +148,7 @@ class SampleStore(SampleReads, HeldLabels):
         *,
         waiting_ttl_s: float = 7 * 86400,
         max_waiting: int = 1_000_000,
-        hold_relabels: bool = False,
+        relabels: Literal["hold", "accept"] = "accept",
         readonly: bool = False,
         check_s: float | None = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -176,7 +176,7 @@ class SampleStore(SampleReads, HeldLabels):
                     path=path,
                     waiting_ttl_s=waiting_ttl_s,
                     max_waiting=max_waiting,
-                    hold_relabels=hold_relabels,
+                    relabels=relabels,
                 )
             except BaseException:
                 connection.close()
@@ -327,7 +327,7 @@ class SampleStore(SampleReads, HeldLabels):
         ).fetchone()
         self._early_ids.discard(row[0])
         inline = row[3]
-        if self.hold_relabels and inline is not None:
+        if self.relabels == "hold" and inline is not None:
             # The sample's own label came first in its life; an earlier feedback label that differs
             # waits as a relabel would had it come after (the order of the topics does not matter).
             self._held_early += self._hold_early(row[0], found[0], inline, found[1])
@@ -347,7 +347,7 @@ class SampleStore(SampleReads, HeldLabels):
             # Held: feedback that would change a label already given (see _take_early_label for
             # the same rule when the feedback comes first).
             labeled = (found is not None and found[0] is not None) or id in self._early_ids
-            if self.hold_relabels and labeled:
+            if self.relabels == "hold" and labeled:
                 was = found[0] if found is not None else self._early_label(id)
                 if was != y:
                     self._hold(id, y, was, timestamp_ms)

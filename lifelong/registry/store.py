@@ -83,16 +83,16 @@ class ModelRegistry:
         self,
         *,
         root: Path,
-        keep_last: int = 20,
+        keep_versions: int = 20,
         clock: Callable[[], float] = time.time,
         lock_timeout_s: float = 30.0,
     ) -> None:
-        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-            raise ValueError(f"keep_last must be an integer of at least 1, not {keep_last!r}")
+        if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 1:
+            raise ValueError(f"keep_versions must be an integer of at least 1, not {keep_versions!r}")
         if not lock_timeout_s >= 0:
             raise ValueError(f"lock_timeout_s must be at least 0, not {lock_timeout_s!r}")
         self.root = root
-        self.keep_last = keep_last
+        self.keep_versions = keep_versions
         self.clock = clock
         self.lock_timeout_s = lock_timeout_s
         root.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,7 @@ class ModelRegistry:
         return version in self._read_head().rolled_back
 
     def prune(self) -> list[int]:
-        """Delete old rejected versions beyond the newest ``keep_last``; returns their numbers."""
+        """Delete old rejected versions beyond the newest ``keep_versions``; returns their numbers."""
         with self._locked():
             return self._prune(self._read_head())
 
@@ -296,7 +296,7 @@ class ModelRegistry:
 
     def _prune(self, head: _Head) -> list[int]:
         numbers = self._numbers()
-        protected = {*numbers[-self.keep_last :], *head.promotions, *head.rolled_back, head.champion}
+        protected = {*numbers[-self.keep_versions :], *head.promotions, *head.rolled_back, head.champion}
         deleted = []
         for number in numbers:
             if number in protected:
@@ -428,4 +428,6 @@ def _json_dict(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
 
 def open_registry(settings: Settings) -> ModelRegistry:
     """The model registry in the state directory."""
-    return ModelRegistry(root=Path(settings.state.dir) / "models", keep_last=settings.learner.keep_versions)
+    return ModelRegistry(
+        root=Path(settings.state.dir) / "models", keep_versions=settings.learner.keep_versions
+    )
