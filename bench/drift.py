@@ -96,6 +96,7 @@ from drift_streams import BASELINES, STREAMS, Stream, make_stream, run_river
 from lifelong.config import Settings, load_settings
 from lifelong.connectors.memory import MemoryBus
 from lifelong.daemon.app import Daemon
+from lifelong.daemon.ingest import Handoff
 from lifelong.daemon.wiring import build_daemon, memory_connectors
 from lifelong.events import encode_feedback, encode_sample
 from lifelong.memory.samples import Stored
@@ -159,9 +160,11 @@ class Pacer:
         self.drift_rounds_at: list[int] = []
         self.changed = threading.Condition()
         self.error: BaseException | None = None
-        watch = daemon.ingestor.on_stored
-        self._watch = watch
-        daemon.ingestor.on_stored = self._observe
+        # Counted once observed (predicted, scored, drift fed), on the watchers' thread.
+        handoff = daemon.ingestor.on_stored
+        assert isinstance(handoff, Handoff)
+        self._watch = handoff.observe
+        handoff.observe = self._observe
         self._drift = control.drift
         control.drift = self._drift_alarm  # type: ignore[method-assign]
         self._run = schedule.run

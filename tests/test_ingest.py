@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,10 @@ import pytest
 from lifelong.connectors.headers import REASON, SOURCE_OFFSET, SOURCE_TOPIC
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemorySource
 from lifelong.daemon.app import Daemon, RunState, StateLock
-from lifelong.daemon.ingest import Ingestor
+from lifelong.daemon.ingest import Handoff, Ingestor
 from lifelong.errors import StateInUse
 from lifelong.events import TopicDecoder, encode_feedback, encode_sample
-from lifelong.memory.samples import SampleStore
+from lifelong.memory.samples import SampleStore, Stored
 
 X = [0.5, 0.25]
 
@@ -98,3 +99,35 @@ def test_stop_is_idempotent_and_ends_a_run(tmp_path: Path) -> None:
         daemon.stop()
         daemon.run()
         assert daemon.state is RunState.STOPPED
+
+
+def test_the_watchers_observe_each_stored_batch_off_the_consumer_thread_in_order(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    for i in range(9):
+        bus.produce("s", encode_sample(f"s{i}", X, i % 3))
+    release = threading.Event()
+    seen: list[tuple[list[str], int, str]] = []
+
+    def observe(stored: Stored) -> None:
+        if not seen:
+            release.wait(timeout=60)  # the watcher is slow on the first batch
+        ids = [row[0] for row in stored.batch.samples]
+        seen.append((ids, stored.labels_upto, threading.current_thread().name))
+        if ids == ["s3", "s4", "s5"]:
+            raise RuntimeError("one batch's watching fails")
+
+    with SampleStore.open(tmp_path) as store:
+        ingestor = make_ingestor(bus, store)
+        ingestor.on_stored = Handoff(observe, most=1)
+        assert ingestor.step(0) == 3  # handed over at once, though the watcher waits
+        assert ingestor.step(0) == 3  # queued: one batch may wait
+        assert store.status().samples == 6 and not seen
+        release.set()
+        assert ingestor.step(0) == 3  # waited for room, dropped nothing
+        ingestor.drain()
+        assert [ids for ids, _, _ in seen] == [["s0", "s1", "s2"], ["s3", "s4", "s5"], ["s6", "s7", "s8"]]
+        # Each batch carries the label events stored with it, not those stored while it waited:
+        # the online members learn only labels whose samples were predicted.
+        assert [upto for _, upto, _ in seen] == [3, 6, 9]
+        assert {name for _, _, name in seen} == {"lifelong-watch"}
+        ingestor.close()

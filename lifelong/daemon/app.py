@@ -231,6 +231,7 @@ class Daemon:
             self._follow(idle=not handled)
             self._tick()
             if burst and not handled and self.ingestor.source.lag().drained:
+                self.ingestor.drain()  # every stored sample predicted: the round may train on its label
                 if self.feed is not None:
                     with self.lock:
                         self.feed.catch_up()
@@ -256,6 +257,7 @@ class Daemon:
         quietly("write the heartbeat at shutdown", lambda: self._beat(force=True))
         if self.schedule is not None:
             quietly("stop the schedule at shutdown", self.schedule.shutdown)
+        quietly("let the watchers observe what was stored at shutdown", self.ingestor.close)
         if self.control is not None:
             self.control.close()
             if not self.control.wait(self.grace_s / 2):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -15,6 +17,63 @@ from lifelong.events import Decoded, TopicDecoder
 from lifelong.memory.samples import Applied, IngestBatch, SampleStore, Stored
 
 log = logging.getLogger(__name__)
+
+
+class Handoff:
+    """Hands each stored batch to ``observe`` on a thread of its own, in order: the consumer goes on.
+
+    What the watchers do with a batch (predict it with every member, publish the served
+    label, score, feed the drift signals) then overlaps with decoding and storing the
+    next. At most ``most`` batches wait: beyond that the consumer thread waits for the
+    watcher (nothing is dropped, ingestion slows to what can be predicted). An exception
+    from one batch is logged and the next batch is watched as usual. The thread starts
+    with the first batch.
+
+    Example::
+
+        handoff = Handoff(watch.observe)
+        ingestor.on_stored = handoff     # called on the consumer thread, returns at once
+        handoff.drain()                  # every batch handed over has been observed
+        handoff.close()                  # drains, then stops the thread
+    """
+
+    def __init__(self, observe: Callable[[Stored], None], *, most: int = 8) -> None:
+        self.observe = observe
+        self._queue: queue.Queue[Stored | None] = queue.Queue(maxsize=most)
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def __call__(self, stored: Stored) -> None:
+        with self._start:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="lifelong-watch", daemon=True)
+                self._thread.start()
+        self._queue.put(stored)
+
+    def drain(self) -> None:
+        """Return once every batch handed over so far has been observed."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        """Observe what waits, then stop the thread."""
+        with self._start:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _watch(self) -> None:
+        while True:
+            stored = self._queue.get()
+            try:
+                if stored is None:
+                    return
+                self.observe(stored)
+            except Exception:  # the batch is stored; watching it must not stop the watcher
+                log.exception("watching a stored batch failed (metrics or live accuracy may lag)")
+            finally:
+                self._queue.task_done()
 
 
 class Ingestor:
@@ -125,6 +184,7 @@ class Ingestor:
             batch.dead_letter_positions = dict(self.sink.send(letters))
         with self.lock:
             applied = self.store.apply(batch)
+            labels_upto = self.store.last_label_event()
         self._count(batch, applied)
         self._positions.update(
             (TopicPartition(topic, partition), offset)
@@ -133,10 +193,20 @@ class Ingestor:
         self._uncommitted = True
         if self.on_stored is not None:
             try:
-                self.on_stored(Stored(batch=batch, applied=applied, events=events))
+                self.on_stored(Stored(batch=batch, applied=applied, events=events, labels_upto=labels_upto))
             except Exception:  # the batch is stored; watching it must not stop ingestion
                 log.exception("watching a stored batch failed (metrics or live accuracy may lag)")
         return handled
+
+    def drain(self) -> None:
+        """Return once the watchers have observed every batch stored (see :class:`Handoff`)."""
+        if isinstance(self.on_stored, Handoff):
+            self.on_stored.drain()
+
+    def close(self) -> None:
+        """Let the watchers observe what was stored, then stop their thread."""
+        if isinstance(self.on_stored, Handoff):
+            self.on_stored.close()
 
     def commit(self) -> None:
         """Commit the stored positions to the bus, for lag tooling."""

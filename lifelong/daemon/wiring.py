@@ -18,7 +18,7 @@ from lifelong.connectors.kafka_topics import KafkaDeadLetterSink, KafkaPublisher
 from lifelong.connectors.memory import MemoryBus, MemoryDeadLetterSink, MemoryPublisher, MemorySource
 from lifelong.daemon.app import Daemon, Probation, StateLock, quietly
 from lifelong.daemon.control import Controller
-from lifelong.daemon.ingest import Ingestor
+from lifelong.daemon.ingest import Handoff, Ingestor
 from lifelong.daemon.scheduling import Schedule
 from lifelong.errors import ConfigError
 from lifelong.events import TopicDecoder
@@ -266,7 +266,7 @@ def build_daemon(
         online=online,
         on_alarm=daemon.drift,
     )
-    daemon.ingestor.on_stored = watch.observe
+    daemon.ingestor.on_stored = Handoff(watch.observe)  # watched off the consumer thread
     daemon.http = http
     admin.target = daemon
     return daemon

@@ -1,6 +1,8 @@
 """What the daemon watches as events are stored: live predictions, drift signals, ingestion metrics.
 
-Called on the consumer thread after each stored batch (:class:`~lifelong.memory.samples.Stored`):
+Called after each stored batch (:class:`~lifelong.memory.samples.Stored`), in order, on a
+thread of its own (the daemon's :class:`~lifelong.daemon.ingest.Handoff`), while the consumer
+thread stores the next:
 the champion and the online heads predict the batch's samples (and, during a
 probation, the champion's predecessor too), their weighted vote is served;
 labels score the predictions they answer, then the heads learn them; the drift signals
@@ -115,8 +117,9 @@ class Watch:
             right += self.live.labeled(ids, ys)
             labels += ys
         if self.online is not None and labels:
-            with self.lock:  # these samples are predicted (above): the heads may learn their labels
-                self.online.observed(self.online.store.last_label_event())
+            # These samples are predicted (above): the heads may learn their labels, not those of
+            # batches stored since (the consumer thread stores on while this batch is watched).
+            self.online.observed(stored.labels_upto)
             if self.clock() - self._last_members >= 1.0:
                 self._last_members = self.clock()
                 self._members(metrics)

@@ -81,6 +81,7 @@ class Stored:
     batch: IngestBatch
     applied: Applied
     events: Counter[tuple[str, str]]  # (topic, "accepted" | "rejected") -> count
+    labels_upto: int = 0  # the store's last label event once the batch was stored
 
 
 @dataclass(frozen=True, slots=True)
