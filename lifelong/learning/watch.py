@@ -40,7 +40,7 @@ class Watch:
 
         watch = Watch(live=live, drift=drift, metrics=metrics, models=lambda: {1: champion},
                       memory=memory, lock=lock, features=784, on_alarm=print)
-        ingestor.on_stored = watch.observe
+        ingestor.on_stored = Handoff(watch.observe)   # lifelong.daemon.ingest: on a thread of its own
     """
 
     def __init__(
