@@ -122,6 +122,7 @@ def test_the_watchers_observe_each_stored_batch_off_the_consumer_thread_in_order
         assert ingestor.step(0) == 3  # handed over at once, though the watcher waits
         assert ingestor.step(0) == 3  # queued: one batch may wait
         assert store.status().samples == 6 and not seen
+        assert ingestor.watch_waiting() == 2  # the one being observed, the one queued
         release.set()
         assert ingestor.step(0) == 3  # waited for room, dropped nothing
         ingestor.drain()
@@ -130,4 +131,5 @@ def test_the_watchers_observe_each_stored_batch_off_the_consumer_thread_in_order
         # the online members learn only labels whose samples were predicted.
         assert [upto for _, upto, _ in seen] == [3, 6, 9]
         assert {name for _, _, name in seen} == {"lifelong-watch"}
+        assert ingestor.watch_waiting() == 0
         ingestor.close()

@@ -319,6 +319,7 @@ class Daemon:
             self._gauges(self.metrics)
 
     def _gauges(self, metrics: Metrics) -> None:
+        metrics.watch_waiting.set(self.ingestor.watch_waiting())
         lag = self.ingestor.source.lag()
         for (topic, partition), behind in lag.behind.items():
             metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, behind))

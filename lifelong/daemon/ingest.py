@@ -42,13 +42,22 @@ class Handoff:
         self._queue: queue.Queue[Stored | None] = queue.Queue(maxsize=most)
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
+        self._count = threading.Lock()
+        self._waiting = 0  # handed over, not yet observed
 
     def __call__(self, stored: Stored) -> None:
         with self._start:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="lifelong-watch", daemon=True)
                 self._thread.start()
+        with self._count:
+            self._waiting += 1
         self._queue.put(stored)
+
+    @property
+    def waiting(self) -> int:
+        """Batches handed over and not yet observed (the one being observed included)."""
+        return self._waiting
 
     def drain(self) -> None:
         """Return once every batch handed over so far has been observed."""
@@ -73,6 +82,9 @@ class Handoff:
             except Exception:  # the batch is stored; watching it must not stop the watcher
                 log.exception("watching a stored batch failed (metrics or live accuracy may lag)")
             finally:
+                if stored is not None:
+                    with self._count:
+                        self._waiting -= 1
                 self._queue.task_done()
 
 
@@ -197,6 +209,10 @@ class Ingestor:
             except Exception:  # the batch is stored; watching it must not stop ingestion
                 log.exception("watching a stored batch failed (metrics or live accuracy may lag)")
         return handled
+
+    def watch_waiting(self) -> int:
+        """Stored batches the watchers have not observed yet (0 when they run on this thread)."""
+        return self.on_stored.waiting if isinstance(self.on_stored, Handoff) else 0
 
     def drain(self) -> None:
         """Return once the watchers have observed every batch stored (see :class:`Handoff`)."""

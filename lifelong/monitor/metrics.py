@@ -169,6 +169,12 @@ class Metrics:
             "of their own; a burst leaves them behind for a while).",
             registry=r,
         )
+        self.watch_waiting = Gauge(
+            "lifelong_watch_waiting",
+            "Stored batches waiting for the watchers (predictions, live accuracy, drift) on their own "
+            "thread; when 8 wait, ingestion waits for them.",
+            registry=r,
+        )
         self.member_weight = Gauge(
             "lifelong_member_weight",
             "Each member's weight in the served vote (from its recent live accuracy; they sum to 1).",
