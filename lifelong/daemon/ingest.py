@@ -41,16 +41,14 @@ class Handoff:
         self.observe = observe
         self._queue: queue.Queue[Stored | None] = queue.Queue(maxsize=most)
         self._thread: threading.Thread | None = None
-        self._start = threading.Lock()
-        self._count = threading.Lock()
+        self._lock = threading.Lock()  # the thread's start and stop, the count of what waits
         self._waiting = 0  # handed over, not yet observed
 
     def __call__(self, stored: Stored) -> None:
-        with self._start:
+        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="lifelong-watch", daemon=True)
                 self._thread.start()
-        with self._count:
             self._waiting += 1
         self._queue.put(stored)
 
@@ -66,7 +64,7 @@ class Handoff:
 
     def close(self) -> None:
         """Observe what waits, then stop the thread."""
-        with self._start:
+        with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
             self._queue.put(None)
@@ -83,7 +81,7 @@ class Handoff:
                 log.exception("watching a stored batch failed (metrics or live accuracy may lag)")
             finally:
                 if stored is not None:
-                    with self._count:
+                    with self._lock:
                         self._waiting -= 1
                 self._queue.task_done()
 
